@@ -1,0 +1,5 @@
+"""Person re-identification networks (MLFN, MGN, JLML, MPN, KPM) in JAX/Flax."""
+from reid_jax import losses, metrics, models
+
+__all__ = ["losses", "metrics", "models"]
+__version__ = "0.1.0"

@@ -1,0 +1,29 @@
+"""reid_jax: person re-identification networks in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="reid_jax",
+    version="0.1.0",
+    description="MLFN, MGN, JLML, MPN and KPM person re-identification in JAX/Flax.",
+    packages=setuptools.find_packages(include=["reid_jax", "reid_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.8",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "tensorflow-cpu>=2.18",
+        "tensorflow-datasets>=4.9.7",
+        "numpy>=1.26",
+        "ml-collections>=1.0",
+        "clu>=0.0.12",
+        "tensorboard>=2.18",
+        "pillow>=10",
+        "matplotlib>=3.8",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        # torch (CPU) is the independent reference for the weight-import parity test.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+    },
+)
