@@ -46,12 +46,18 @@ def base_config():
   c.num_epochs = -1.0                 # epochs of len(train split) / batch size
 
   c.eval_every_steps = 5_000          # 0 = only at the end
+  c.eval_at_start = False             # also evaluate the untrained network
   c.checkpoint_every_steps = 5_000
   c.keep_checkpoints = 3
   c.log_every_steps = 100
   c.metric = "euclidean"              # retrieval distance
   c.flip_test = False                 # average features with the flipped image's
   c.max_rank = 50
+  c.query_pooling = ""                # multi-query: '', 'mean' or 'max' per identity+camera
+  c.rerank = False                    # k-reciprocal re-ranking (Zhong et al., CVPR 2017)
+  c.rerank_k1 = 20
+  c.rerank_k2 = 6
+  c.rerank_lambda = 0.3
   c.seed = 0
   return c
 
@@ -75,7 +81,7 @@ def validate(config):
   if config.p_identities < 2:
     _fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
   choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
-             "metric": METRICS, "dtype": DTYPES}
+             "metric": METRICS, "dtype": DTYPES, "query_pooling": ("", "mean", "max")}
   for key, allowed in choices.items():
     if config[key] not in allowed:
       _fail(key, config[key], f"must be one of {allowed}")

@@ -1,0 +1,8 @@
+"""Re-ID datasets (tfds builders) and their tf.data pipelines.
+
+Importing this package registers the builders `synthetic_reid`, `market1501` and
+`dukemtmc_reid` with tfds.
+"""
+from reid_jax.data.pipeline import Split, builder, eval_dataset, load_split, train_dataset
+
+__all__ = ["Split", "builder", "eval_dataset", "load_split", "train_dataset"]
