@@ -40,7 +40,8 @@ class MLFNBlock(nn.Module):
         f, (k, k), (s, s), padding=_pad(k), feature_group_count=g, use_bias=bias,
         kernel_init=conv_init, dtype=self.dtype, name=name)
     norm = lambda name: nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name)
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+        dtype=self.dtype, name=name)
     mid = self.out_channels // 2
 
     # FSM (Sec. 3.1): reads the block input X_n.
@@ -76,7 +77,8 @@ class MLFN(nn.Module):
   def __call__(self, images, train=False):
     w = lambda c: max(int(c * self.width), self.groups)
     norm = lambda name: nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name=name)
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+        dtype=self.dtype, name=name)
     x = images.astype(self.dtype)
     x = nn.Conv(w(64), (7, 7), (2, 2), padding=_pad(7), kernel_init=conv_init,
                 dtype=self.dtype, name="stem_conv")(x)
