@@ -14,6 +14,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.11",
         "tensorflow-cpu>=2.18",
         "tensorflow-datasets>=4.9.7",
+        "importlib_resources",  # imported by tensorflow-datasets but not declared for Python >= 3.9
         "numpy>=1.26",
         "ml-collections>=1.0",
         "clu>=0.0.12",

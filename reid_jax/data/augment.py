@@ -10,8 +10,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def decode(encoded, channels, size, method="bilinear"):
-  """Encoded JPEG/PNG bytes -> float32 [size[0], size[1], channels] in [0, 255]."""
-  image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+  """Encoded JPEG/PNG bytes -> float32 [size[0], size[1], channels] in [0, 255].
+
+  JPEGs use the accurate integer IDCT, which decodes exactly as PIL (and so
+  torchreid) does; TF's default fast IDCT differs by a few grey levels.
+  """
+  image = tf.cond(
+      tf.io.is_jpeg(encoded),
+      lambda: tf.io.decode_jpeg(encoded, channels=channels, dct_method="INTEGER_ACCURATE"),
+      lambda: tf.io.decode_png(encoded, channels=channels))
   image.set_shape([None, None, channels])
   return tf.cast(tf.image.resize(image, size, method=method), tf.float32)
 

@@ -37,7 +37,6 @@ def builder(dataset, data_dir="", manual_dir=""):
   time; tfds writes to a temporary folder and renames it, so an interrupted build
   leaves nothing half-done.
   """
-  from reid_jax.data import dukemtmc_reid, market1501, synthetic_reid  # noqa: F401  registration
   b = tfds.builder(dataset, data_dir=data_dir or None)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir or None))

@@ -1,0 +1,200 @@
+"""The Market-1501 release layout, shared by the Market-1501 and DukeMTMC-reID builders.
+
+Both official releases hold three folders of JPEGs, `bounding_box_train/`
+(train), `query/` and `bounding_box_test/` (gallery), whose file names start with
+the person id and the camera. `MarketStyleBuilder` finds them in tfds'
+manual_dir, as the official zip or as its extracted folder, parses the names and
+passes the JPEG bytes through unchanged.
+"""
+import contextlib
+import dataclasses
+import re
+import zipfile
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The official archive or folder is not where tfds looks for it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """What tells one Market-style release from another."""
+  name: str               # e.g. 'Market-1501'
+  archive: str            # the official zip
+  folder: str             # the folder the zip extracts to
+  pattern: str            # file name regex with groups 'pid' and 'cam' (1-based)
+  example: str            # a well-formed file name, for error messages
+  num_cameras: int
+  num_images: dict        # split -> number of images in the official release
+  num_train_ids: int
+  url: str
+
+  def instructions(self):
+    folders = ", ".join(f"{f}/" for f in SPLIT_FOLDERS.values())
+    return (
+        f"Download the official {self.name} release ({self.url}) and place either the zip "
+        f"`{self.archive}` or the folder it extracts to, `{self.folder}/` (holding {folders}), "
+        "in the manual directory: `<data_dir>/downloads/manual/` by default, or the folder "
+        "given by `tfds.download.DownloadConfig(manual_dir=...)` / `tfds build --manual_dir`.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """One image: `member` is its path in the release folder or in the zip."""
+  filename: str
+  person_id: int
+  camera_id: int
+  label: int
+  member: str
+
+
+def not_found_message(layout, manual_dir):
+  manual_dir = epath.Path(manual_dir)
+  if not manual_dir.exists():
+    state = "It does not exist."
+  else:
+    entries = sorted(p.name for p in manual_dir.iterdir())
+    state = f"It holds: {', '.join(entries)}." if entries else "It is empty."
+  return (
+      f"{layout.name} was not found in the manual directory {manual_dir}. {state}\n"
+      f"Put the official zip there as\n  {manual_dir / layout.archive}\n"
+      f"or its extracted folder as\n  {manual_dir / layout.folder}/"
+      f"{{{','.join(SPLIT_FOLDERS.values())}}}/\n"
+      f"(from {layout.url}), or point tfds.download.DownloadConfig(manual_dir=...) "
+      "or `tfds build --manual_dir` at the folder that holds them.")
+
+
+def locate(layout, manual_dir):
+  """Returns the folder holding the split folders (preferred), or the zip; else raises."""
+  for root in (manual_dir / layout.folder, manual_dir):
+    if any((root / folder).is_dir() for folder in SPLIT_FOLDERS.values()):
+      return root
+  if (manual_dir / layout.archive).is_file():
+    return manual_dir / layout.archive
+  raise DatasetNotFoundError(not_found_message(layout, manual_dir))
+
+
+def _is_image(name):
+  # Skips Thumbs.db and the like, and macOS '._*' resource forks.
+  return name.lower().endswith(".jpg") and not name.startswith(".")
+
+
+def list_members(source):
+  """Maps each split to the sorted paths of its JPEGs in `source` (a folder or a zip)."""
+  members = {split: [] for split in SPLIT_FOLDERS}
+  split_of = {folder: split for split, folder in SPLIT_FOLDERS.items()}
+  if source.is_file():  # the zip
+    with zipfile.ZipFile(source.open("rb")) as archive:
+      for name in archive.namelist():
+        parts = name.split("/")
+        if len(parts) >= 2 and parts[-2] in split_of and "__MACOSX" not in parts:
+          if _is_image(parts[-1]):
+            members[split_of[parts[-2]]].append(name)
+  else:
+    for split, folder in SPLIT_FOLDERS.items():
+      if (source / folder).is_dir():
+        members[split] = [f"{folder}/{p.name}" for p in (source / folder).iterdir()
+                          if _is_image(p.name)]
+  for split, names in members.items():
+    if not names:
+      raise DatasetNotFoundError(
+          f"No JPEG images in {SPLIT_FOLDERS[split]}/ of {source}: expected the official "
+          f"folders {', '.join(f'{f}/' for f in SPLIT_FOLDERS.values())}.")
+  return {split: sorted(names) for split, names in members.items()}
+
+
+def parse(layout, member, source):
+  """Returns (person_id, 0-based camera_id) from a file name; raises naming the file."""
+  filename = member.rsplit("/", 1)[-1]
+  match = re.fullmatch(layout.pattern, filename)
+  camera = int(match["cam"]) if match else 0
+  if not match or not 1 <= camera <= layout.num_cameras:
+    raise ValueError(
+        f"{layout.name}: malformed image name {filename!r} ({source}/{member}); expected "
+        f"names like {layout.example!r} with cameras c1..c{layout.num_cameras}.")
+  return int(match["pid"]), camera - 1
+
+
+def records(layout, source):
+  """Maps each split to its `Record`s; train labels index the sorted train ids."""
+  parsed = {split: [(m, *parse(layout, m, source)) for m in members]
+            for split, members in list_members(source).items()}
+  for member, pid, _ in parsed["train"]:
+    if pid <= 0:
+      raise ValueError(f"{layout.name}: junk or distractor id {pid} in the train split: "
+                       f"{source}/{member}.")
+  train_ids = np.unique([pid for _, pid, _ in parsed["train"]]).tolist()
+  label = {pid: i for i, pid in enumerate(train_ids)}
+  return {split: [Record(m.rsplit("/", 1)[-1], pid, cam,
+                         label[pid] if split == "train" else -1, m) for m, pid, cam in items]
+          for split, items in parsed.items()}
+
+
+def warn_on_counts(layout, split_records):
+  """Logs a warning when the split sizes differ from the official release."""
+  found = {split: len(r) for split, r in split_records.items()}
+  train_ids = len({r.person_id for r in split_records["train"]})
+  if found != layout.num_images or train_ids != layout.num_train_ids:
+    logging.warning(
+        "%s: found %s images and %d train identities; the official release has %s and %d. "
+        "Building from what was found.", layout.name, found, train_ids, layout.num_images,
+        layout.num_train_ids)
+
+
+@contextlib.contextmanager
+def _reader(source):
+  if source.is_file():  # the zip
+    with zipfile.ZipFile(source.open("rb")) as archive:
+      yield archive.read
+  else:
+    yield lambda member: (source / member).read_bytes()
+
+
+class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Builds train/query/gallery from a Market-style release in the manual_dir.
+
+  Subclasses set `LAYOUT`, `VERSION` and `MANUAL_DOWNLOAD_INSTRUCTIONS`.
+  """
+  LAYOUT: Layout
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=type(self).__doc__,
+        homepage=self.LAYOUT.url,
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "person_id": tfds.features.Scalar(np.int64, doc="-1 junk, 0 distractor."),
+            "camera_id": tfds.features.Scalar(np.int64, doc="0-based."),
+            "label": tfds.features.Scalar(np.int64, doc="Train class index; -1 in query/gallery."),
+            "filename": tfds.features.Text(),
+        }),
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager):
+    try:
+      manual_dir = dl_manager.manual_dir
+    except AssertionError as e:
+      # tfds asserts that the manual_dir exists and is not empty; say what belongs there.
+      path = dl_manager._manual_dir  # pylint: disable=protected-access
+      raise DatasetNotFoundError(not_found_message(self.LAYOUT, path)) from e
+    source = locate(self.LAYOUT, manual_dir)
+    split_records = records(self.LAYOUT, source)
+    warn_on_counts(self.LAYOUT, split_records)
+    self.info.metadata["num_classes"] = len({r.person_id for r in split_records["train"]})
+    self.info.metadata["num_cameras"] = self.LAYOUT.num_cameras
+    return {split: self._generate_examples(source, recs) for split, recs in split_records.items()}
+
+  def _generate_examples(self, source, split_records):
+    with _reader(source) as read:
+      for r in split_records:
+        yield r.filename, {"image": read(r.member), "person_id": r.person_id,
+                           "camera_id": r.camera_id, "label": r.label, "filename": r.filename}

@@ -1,0 +1,32 @@
+"""Shared fixtures: the embedded synthetic_reid dataset, built once per session."""
+import pytest
+
+from reid_jax import config_schema
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+  """A tfds data_dir holding the prepared synthetic_reid/small."""
+  from reid_jax import data
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  data.builder("synthetic_reid/small", data_dir)
+  return data_dir
+
+
+@pytest.fixture
+def tiny_mlfn_config(synthetic_data_dir):
+  """A seconds-per-step MLFN training config on synthetic_reid/small."""
+  c = config_schema.base_config()
+  c.model = "mlfn"
+  c.model_kwargs = dict(width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=32)
+  c.dataset = "synthetic_reid/small"
+  c.data_dir = synthetic_data_dir
+  c.image_size = (64, 32)
+  c.p_identities, c.k_instances = 4, 2
+  c.eval_batch_size = 200
+  c.learning_rate = 1e-3
+  c.num_train_steps = 4
+  c.checkpoint_every_steps = 2
+  c.eval_every_steps = 0
+  c.log_every_steps = 1
+  return c
