@@ -1,4 +1,6 @@
 """Trains and evaluates a network: `python -m reid_jax.main --config=configs/mlfn.py --workdir=...`."""
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -18,7 +20,11 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   from reid_jax import evaluate, train
-  metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  from reid_jax.data import market_layout
+  try:
+    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except market_layout.DatasetNotFoundError as e:
+    sys.exit(f"error: {e}\nWith reid_jax.main, --config.manual_dir=DIR names that folder.")
   logging.info("Final: %s", evaluate.format_metrics(metrics))
   print(f"Final evaluation on {_CONFIG.value.dataset}: {evaluate.format_metrics(metrics)}")
 

@@ -1,0 +1,39 @@
+"""`python -m reid_jax.main` as a user runs it."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(*flags):
+  return subprocess.run([sys.executable, "-m", "reid_jax.main", *flags], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900)
+
+
+def test_missing_market1501_fails_fast_naming_the_files_and_folder(tmp_path):
+  data_dir = tmp_path / "tfds"
+  run = _main("--config=configs/mlfn.py", f"--workdir={tmp_path / 'w'}", f"--config.data_dir={data_dir}")
+  assert run.returncode == 1
+  manual = os.path.join(data_dir, "downloads", "manual")
+  assert f"Market-1501 was not found in the manual directory {manual}" in run.stderr
+  assert os.path.join(manual, "Market-1501-v15.09.15.zip") in run.stderr
+  assert "bounding_box_train,query,bounding_box_test" in run.stderr
+  assert "Traceback" not in run.stderr
+  assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_synthetic_quick_start_trains_and_reports(tmp_path, synthetic_data_dir):
+  workdir = tmp_path / "w"
+  run = _main("--config=configs/mlfn.py:synthetic", f"--workdir={workdir}",
+              f"--config.data_dir={synthetic_data_dir}", "--config.num_train_steps=6",
+              "--config.log_every_steps=3", "--config.eval_every_steps=0")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "step 3/6 | loss" in run.stderr and "images/s | ETA" in run.stderr
+  assert "Final evaluation on synthetic_reid/small: rank-1" in run.stdout
+  with open(workdir / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["step"] == 6 and metrics["num_valid_queries"] > 0
+  assert os.path.isdir(workdir / "checkpoints" / "6")
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
