@@ -32,6 +32,7 @@ def get_config(arg=None):
     config.eval_every_steps = 300
     config.checkpoint_every_steps = 300
     config.log_every_steps = 25
+    config.eval_at_start = True           # report the untrained network too
   elif arg:
     raise ValueError(f"Unknown config argument {arg!r} for configs/mlfn.py; use 'synthetic' or nothing.")
   return config

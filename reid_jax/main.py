@@ -14,6 +14,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # orbax reports every save step by step at INFO; keep the log to our progress lines.
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
   if _DISTRIBUTED.value:

@@ -112,6 +112,21 @@ class Progress:
             f"{rate * self.batch_size:.1f} images/s | ETA {_format_eta(eta)}")
 
 
+def create_train_state(config, num_classes, steps_per_epoch, mesh, manager):
+  """The model, its state (restored from `manager`'s latest checkpoint if any),
+  the learning-rate schedule and the number of training steps."""
+  model = models.get_model(config.model, num_classes, dtype=jnp.dtype(config.dtype),
+                           **config.model_kwargs)
+  total_steps = (config.num_train_steps if config.num_train_steps > 0
+                 else int(round(config.num_epochs * steps_per_epoch)))
+  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch, total_steps)
+  tx = optimizers.create_optimizer(config, schedule)
+  state = jax.device_put(init_state(config, model, tx, jax.random.key(config.seed)),
+                         NamedSharding(mesh, PartitionSpec()))
+  state = restore_latest(manager, state, mesh)
+  return model, state, schedule, total_steps
+
+
 def save_config(workdir, config):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -136,21 +151,12 @@ def train_and_evaluate(config, workdir):
   dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
   train_split = data.load_split(dataset, "train")
   query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
-  num_classes = int(train_split.labels.max()) + 1
-  model = models.get_model(config.model, num_classes, dtype=jnp.dtype(config.dtype),
-                           **config.model_kwargs)
   steps_per_epoch = max(1, len(train_split) // batch_size)
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else int(round(config.num_epochs * steps_per_epoch)))
-  schedule = optimizers.learning_rate_schedule(config, steps_per_epoch, total_steps)
-  tx = optimizers.create_optimizer(config, schedule)
-
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  state = jax.device_put(init_state(config, model, tx, init_rng),
-                         NamedSharding(mesh, PartitionSpec()))
+  num_classes = int(train_split.labels.max()) + 1
   manager = checkpoint_manager(workdir, config)
-  state = restore_latest(manager, state, mesh)
+  model, state, schedule, total_steps = create_train_state(
+      config, num_classes, steps_per_epoch, mesh, manager)
+  step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   start_step = int(state.step)
   logging.info("%s on %s: %d classes, %d train images, %d steps (%d per epoch), "
                "%d devices.", config.model, config.dataset, num_classes, len(train_split),
