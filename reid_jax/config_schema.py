@@ -4,6 +4,8 @@
 `validate(config)` runs before anything is built or compiled, so a wrong value
 is a clear error naming the key rather than a failure deep inside a jitted step.
 """
+import os
+
 import ml_collections
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -97,4 +99,17 @@ def validate(config):
     _fail("augment.pad", config.augment.pad, "must be >= 0")
   if not 0 <= config.loss.get("label_smoothing", 0.0) < 1:
     _fail("loss.label_smoothing", config.loss.label_smoothing, "must be in [0, 1)")
+  if config.loss.get("triplet_margin", 0.0) < 0:
+    _fail("loss.triplet_margin", config.loss.triplet_margin, "must be >= 0")
+  if config.loss.get("triplet_metric", "euclidean") not in ("euclidean", "cosine"):
+    _fail("loss.triplet_metric", config.loss.triplet_metric, "must be 'euclidean' or 'cosine'")
+  if not isinstance(config.loss.get("soft_margin", False), bool):
+    _fail("loss.soft_margin", config.loss.soft_margin, "must be True or False")
+  if config.pretrained:
+    from reid_jax import pretrained
+    if config.model not in pretrained.LAYOUTS:
+      _fail("pretrained", config.pretrained,
+            f"model {config.model!r} has no ImageNet backbone; weights load into {sorted(pretrained.LAYOUTS)}")
+    if not os.path.isfile(config.pretrained):
+      _fail("pretrained", config.pretrained, "no such file")
   return config

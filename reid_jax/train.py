@@ -36,9 +36,12 @@ def init_state(config, model, tx, rng):
   """Initialised (and, with `config.pretrained`, ImageNet-initialised) state."""
   images = jnp.zeros((1, *config.image_size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(rng, images)
+  from reid_jax import pretrained
   if config.pretrained:
-    from reid_jax import pretrained  # late: only needed with a weights file
     variables = pretrained.load_pretrained(variables, config.pretrained, config.model)
+  elif config.model in pretrained.LAYOUTS:
+    logging.warning("config.pretrained is empty: %s's backbone starts from random weights, "
+                    "not ImageNet as in its paper.", config.model)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
 

@@ -1,5 +1,17 @@
-"""Shared fixtures: the embedded synthetic_reid dataset, built once per session."""
+"""Shared fixtures: the embedded synthetic_reid dataset, built once per session.
+
+Tests compile the same small programs many times (every training run jits its
+init, step and feature extractor afresh), so they share JAX's persistent
+compilation cache, subprocesses included (through the environment).
+"""
+import os
+import tempfile
+
 import pytest
+
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "reid_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 from reid_jax import config_schema
 

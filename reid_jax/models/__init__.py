@@ -6,10 +6,12 @@
 `loss(outputs, labels, **config.loss) -> (scalar, {name: scalar})`, so the trainer
 never needs to know which network it trains.
 """
-from reid_jax.models import mlfn
+from reid_jax.models import mgn, mlfn, resnet
 
 _MODELS = {
     "mlfn": (mlfn.MLFN, mlfn.loss),
+    "mgn": (mgn.MGN, mgn.loss),
+    "resnet50": (resnet.ResNet, resnet.loss),
 }
 
 

@@ -1,0 +1,87 @@
+"""Losses against small cases computed by hand."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reid_jax import losses
+
+# Points (0,0) and (3,0) of identity 0, (0,4) and (6,8) of identity 1. Euclidean
+# distances: ab=3, ac=4, ad=10, bc=5, bd=sqrt(73), cd=sqrt(52).
+POINTS = jnp.array([[0., 0.], [3., 0.], [0., 4.], [6., 8.]])
+LABELS = jnp.array([0, 0, 1, 1])
+# Hardest positive / negative per anchor: a (b=3, c=4), b (a=3, c=5),
+# c (d=sqrt52, a=4), d (c=sqrt52, b=sqrt73).
+GAPS = np.array([3 - 4, 3 - 5, np.sqrt(52) - 4, np.sqrt(52) - np.sqrt(73)])
+
+
+def test_cross_entropy_matches_hand_computation():
+  logits = jnp.array([[2., 1., 0.], [0., 0., 3.]])
+  labels = jnp.array([0, 1])
+  log_z = [np.log(np.exp(2) + np.exp(1) + 1), np.log(2 + np.exp(3))]
+  expected = ((log_z[0] - 2) + (log_z[1] - 0)) / 2
+  np.testing.assert_allclose(losses.cross_entropy(logits, labels), expected, rtol=1e-6)
+
+
+def test_cross_entropy_label_smoothing_spreads_eps_over_all_classes():
+  logits = jnp.array([[2., 1., 0.]])
+  eps = 0.3
+  log_p = np.array([2., 1., 0.]) - np.log(np.exp(2) + np.exp(1) + 1)
+  targets = np.array([1 - eps + eps / 3, eps / 3, eps / 3])
+  np.testing.assert_allclose(losses.cross_entropy(logits, jnp.array([0]), eps),
+                             -(targets * log_p).sum(), rtol=1e-6)
+
+
+def test_pairwise_distances():
+  d = losses.pairwise_distances(POINTS, POINTS)
+  np.testing.assert_allclose(d[0], [0, 3, 4, 10], atol=1e-5)
+  np.testing.assert_allclose(d[1, 3], np.sqrt(73), rtol=1e-6)
+  c = losses.pairwise_distances(jnp.array([[1., 0.]]), jnp.array([[2., 0.], [0., 5.], [-1., 0.]]),
+                                "cosine")
+  np.testing.assert_allclose(c, [[0, 1, 2]], atol=1e-6)
+  with pytest.raises(ValueError, match="manhattan"):
+    losses.pairwise_distances(POINTS, POINTS, "manhattan")
+
+
+def test_batch_hard_triplet_picks_hardest_positive_and_negative():
+  loss = losses.batch_hard_triplet(POINTS, LABELS, margin=1.2)
+  # Only a (1.2 + 3 - 4 = 0.2) and c (1.2 + sqrt52 - 4) violate the margin.
+  np.testing.assert_allclose(loss, (0.2 + 1.2 + np.sqrt(52) - 4) / 4, rtol=1e-6)
+  np.testing.assert_allclose(losses.batch_hard_triplet(POINTS, LABELS, margin=10.0),
+                             np.mean(GAPS + 10), rtol=1e-6)
+
+
+def test_batch_hard_triplet_soft_margin_is_softplus_of_the_gap():
+  loss = losses.batch_hard_triplet(POINTS, LABELS, margin=1.2, soft_margin=True)
+  np.testing.assert_allclose(loss, np.mean(np.log1p(np.exp(GAPS))), rtol=1e-6)
+
+
+def test_batch_hard_triplet_cosine():
+  # Cosine distances: ab = bc = 1 - 1/sqrt2, ac = cd = 1, ad = 2, bd = 1 + 1/sqrt2.
+  # Gaps: a -1/sqrt2, b 0, c 1/sqrt2, d -1/sqrt2; the scale of b must not matter.
+  points = jnp.array([[1., 0.], [5., 5.], [0., 1.], [-1., 0.]])
+  loss = losses.batch_hard_triplet(points, LABELS, margin=0.3, metric="cosine")
+  np.testing.assert_allclose(loss, (0.3 + 0.3 + 1 / np.sqrt(2)) / 4, rtol=1e-6)
+  soft = losses.batch_hard_triplet(points, LABELS, metric="cosine", soft_margin=True)
+  gaps = np.array([-1, 0, 1, -1]) / np.sqrt(2)
+  np.testing.assert_allclose(soft, np.mean(np.log1p(np.exp(gaps))), rtol=1e-6)
+
+
+def test_batch_hard_triplet_gradient_only_reaches_hardest_pairs():
+  # A far-away singleton identity is nobody's hardest negative; its own triplet
+  # is far inside the margin, so it gets exactly zero gradient.
+  points = jnp.concatenate([POINTS, jnp.array([[100., 100.]])])
+  labels = jnp.concatenate([LABELS, jnp.array([2])])
+  grads = jax.grad(losses.batch_hard_triplet)(points, labels, 1.2)
+  assert np.all(np.isfinite(grads))
+  np.testing.assert_array_equal(grads[4], 0.0)
+  assert np.abs(grads[:4]).sum() > 0
+
+
+def test_batch_hard_triplet_without_negatives_is_zero_with_finite_gradient():
+  labels = jnp.zeros(4, jnp.int32)
+  for soft in (False, True):
+    loss, grads = jax.value_and_grad(losses.batch_hard_triplet)(POINTS, labels, 1.2,
+                                                                "euclidean", soft)
+    assert loss == 0.0
+    assert np.all(np.isfinite(grads))
