@@ -6,15 +6,17 @@ checkpoint of a workdir (with `--config.rerank=True` or
 metrics JSON, a CMC curve and a ranked-list figure to `<workdir>/eval/`.
 """
 import functools
+import io
 import json
 import os
 
 import jax
 import numpy as np
+import PIL.Image
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from reid_jax import data, metrics as retrieval
+from reid_jax import data, metrics as retrieval, viz
 
 REPORTED_RANKS = (1, 5, 10, 20)
 
@@ -89,3 +91,88 @@ def write_metrics(workdir, step, metrics):
   _write_json_atomically(os.path.join(workdir, "eval", f"metrics_{step}.json"), payload)
   _write_json_atomically(os.path.join(workdir, "metrics.json"), payload)
   return payload
+
+
+class _Decoded:
+  """Lazily decoded images of a split, indexable like an array (for figures)."""
+
+  def __init__(self, split):
+    self.split = split
+
+  def __getitem__(self, i):
+    return np.asarray(PIL.Image.open(io.BytesIO(self.split.images[i])).convert("RGB"))
+
+
+def _report_name(step, config):
+  tags = [f"step{step}"]
+  if config.query_pooling:
+    tags.append(f"mq-{config.query_pooling}")
+  if config.rerank:
+    tags.append("rerank")
+  return "_".join(tags)
+
+
+def _query_images(query, metrics, config, rows):
+  """The image shown for each ranked query; a pooled (multi-)query shows its first image."""
+  if not config.query_pooling:
+    return [_Decoded(query)[i] for i in rows]
+  first = {}
+  for i, key in enumerate(zip(query.person_ids, query.camera_ids)):
+    first.setdefault(key, i)
+  keys = zip(metrics["query_pids"][rows], metrics["query_camids"][rows])
+  return [_Decoded(query)[first[k]] for k in keys]
+
+
+def evaluate_workdir(config, workdir, num_ranked_queries=8):
+  """Re-evaluates the latest checkpoint in `workdir`; writes `<workdir>/eval/<report>.json`,
+  `.._cmc.png` and `.._ranked.png`. Returns the metrics."""
+  from reid_jax import config_schema, train
+  config_schema.validate(config)
+  mesh = train.create_mesh()
+  manager = train.checkpoint_manager(workdir, config)
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+                            "train first with `python -m reid_jax.main`.")
+  dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
+  query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
+  model, state, _, _ = train.create_train_state(
+      config, int(dataset.info.metadata["num_classes"]), 1, mesh, manager)
+  step = int(state.step)
+  metrics = evaluate_model(model, state, query, gallery, config, mesh, return_details=True)
+
+  name = _report_name(step, config)
+  out = os.path.join(workdir, "eval")
+  os.makedirs(out, exist_ok=True)
+  payload = {"step": step, "rerank": bool(config.rerank), "query_pooling": config.query_pooling,
+             "metric": config.metric, "flip_test": bool(config.flip_test),
+             **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
+             "num_valid_queries": int(metrics["num_valid_queries"])}
+  _write_json_atomically(os.path.join(out, f"{name}.json"), payload)
+  viz.plot_cmc(metrics["cmc"], os.path.join(out, f"{name}_cmc.png"),
+               title=f"{config.model} on {config.dataset}, step {step}")
+  valid = np.flatnonzero(~np.isnan(metrics["ap"]))
+  rows = valid[np.linspace(0, len(valid) - 1, min(num_ranked_queries, len(valid))).astype(int)]
+  viz.plot_ranked_lists(_query_images(query, metrics, config, rows), _Decoded(gallery),
+                        metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
+                        os.path.join(out, f"{name}_ranked.png"))
+  return metrics
+
+
+def main(argv):
+  del argv
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
+  from reid_jax import train
+  train.quiet_checkpoint_logs()
+  metrics = evaluate_workdir(_CONFIG.value, _WORKDIR.value, _NUM_RANKED.value)
+  print(f"{_CONFIG.value.model} on {_CONFIG.value.dataset}: {format_metrics(metrics)}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the workdir was trained with.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by reid_jax.main.")
+  _NUM_RANKED = flags.DEFINE_integer("num_ranked_queries", 8, "Queries in the ranked-list figure.")
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(main)

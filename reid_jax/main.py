@@ -14,8 +14,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # orbax reports every save step by step at INFO; keep the log to our progress lines.
-  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
   if _DISTRIBUTED.value:
@@ -23,6 +21,7 @@ def main(argv):
     jax.distributed.initialize()
   from reid_jax import evaluate, train
   from reid_jax.data import market_layout
+  train.quiet_checkpoint_logs()
   try:
     metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except market_layout.DatasetNotFoundError as e:

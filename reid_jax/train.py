@@ -76,6 +76,11 @@ def global_batch(mesh, local_batch):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
+def quiet_checkpoint_logs():
+  """orbax logs every save and restore step by step at INFO: keep the log to ours."""
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+
+
 def checkpoint_manager(workdir, config):
   options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)

@@ -7,8 +7,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*flags):
-  return subprocess.run([sys.executable, "-m", "reid_jax.main", *flags], cwd=ROOT,
+def _main(*flags, module="reid_jax.main"):
+  return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=900)
 
 
@@ -24,11 +24,11 @@ def test_missing_market1501_fails_fast_naming_the_files_and_folder(tmp_path):
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-def test_synthetic_quick_start_trains_and_reports(tmp_path, synthetic_data_dir):
+def test_synthetic_quick_start_trains_and_reports_then_reevaluates(tmp_path, synthetic_data_dir):
   workdir = tmp_path / "w"
-  run = _main("--config=configs/mlfn.py:synthetic", f"--workdir={workdir}",
-              f"--config.data_dir={synthetic_data_dir}", "--config.num_train_steps=6",
-              "--config.log_every_steps=3", "--config.eval_every_steps=0")
+  flags = ("--config=configs/mlfn.py:synthetic", f"--workdir={workdir}",
+           f"--config.data_dir={synthetic_data_dir}", "--config.num_train_steps=6")
+  run = _main(*flags, "--config.log_every_steps=3", "--config.eval_every_steps=0")
   assert run.returncode == 0, run.stderr[-3000:]
   assert "step 3/6 | loss" in run.stderr and "images/s | ETA" in run.stderr
   assert "Final evaluation on synthetic_reid/small: rank-1" in run.stdout
@@ -37,3 +37,15 @@ def test_synthetic_quick_start_trains_and_reports(tmp_path, synthetic_data_dir):
   assert metrics["step"] == 6 and metrics["num_valid_queries"] > 0
   assert os.path.isdir(workdir / "checkpoints" / "6")
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+
+  # Re-evaluation of the checkpoint with re-ranking and multi-query.
+  run = _main(*flags, "--config.rerank=True", "--config.query_pooling=mean",
+              "--num_ranked_queries=3", module="reid_jax.evaluate")
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "mlfn on synthetic_reid/small: rank-1" in run.stdout
+  with open(workdir / "eval" / "step6_mq-mean_rerank.json") as f:
+    report = json.load(f)
+  assert report["rerank"] and report["query_pooling"] == "mean" and report["step"] == 6
+  for suffix in ("cmc", "ranked"):
+    with open(workdir / "eval" / f"step6_mq-mean_rerank_{suffix}.png", "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
