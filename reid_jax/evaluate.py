@@ -93,7 +93,7 @@ def write_metrics(workdir, step, metrics):
   return payload
 
 
-class _Decoded:
+class DecodedImages:
   """Lazily decoded images of a split, indexable like an array (for figures)."""
 
   def __init__(self, split):
@@ -115,12 +115,12 @@ def _report_name(step, config):
 def _query_images(query, metrics, config, rows):
   """The image shown for each ranked query; a pooled (multi-)query shows its first image."""
   if not config.query_pooling:
-    return [_Decoded(query)[i] for i in rows]
+    return [DecodedImages(query)[i] for i in rows]
   first = {}
   for i, key in enumerate(zip(query.person_ids, query.camera_ids)):
     first.setdefault(key, i)
   keys = zip(metrics["query_pids"][rows], metrics["query_camids"][rows])
-  return [_Decoded(query)[first[k]] for k in keys]
+  return [DecodedImages(query)[first[k]] for k in keys]
 
 
 def evaluate_workdir(config, workdir, num_ranked_queries=8):
@@ -152,7 +152,7 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8):
                title=f"{config.model} on {config.dataset}, step {step}")
   valid = np.flatnonzero(~np.isnan(metrics["ap"]))
   rows = valid[np.linspace(0, len(valid) - 1, min(num_ranked_queries, len(valid))).astype(int)]
-  viz.plot_ranked_lists(_query_images(query, metrics, config, rows), _Decoded(gallery),
+  viz.plot_ranked_lists(_query_images(query, metrics, config, rows), DecodedImages(gallery),
                         metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
                         os.path.join(out, f"{name}_ranked.png"))
   return metrics
