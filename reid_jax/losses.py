@@ -23,6 +23,13 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
+def identity_softmax_loss(outputs, labels, label_smoothing=0.0):
+  """The objective of a network with one identity classifier: cross-entropy on
+  `outputs['logits']`."""
+  ce = cross_entropy(outputs["logits"], labels, label_smoothing)
+  return ce, {"cross_entropy": ce}
+
+
 def pairwise_distances(x, y, metric="euclidean"):
   """[N, M] distances between the rows of `x` and `y`.
 

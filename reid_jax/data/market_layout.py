@@ -16,6 +16,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from reid_jax.data import features
+
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
 
@@ -169,13 +171,7 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         builder=self,
         description=type(self).__doc__,
         homepage=self.LAYOUT.url,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "person_id": tfds.features.Scalar(np.int64, doc="-1 junk, 0 distractor."),
-            "camera_id": tfds.features.Scalar(np.int64, doc="0-based."),
-            "label": tfds.features.Scalar(np.int64, doc="Train class index; -1 in query/gallery."),
-            "filename": tfds.features.Text(),
-        }),
+        features=features.reid_features("jpeg"),
         metadata=tfds.core.MetadataDict(),
     )
 

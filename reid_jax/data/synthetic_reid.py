@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from reid_jax.data import pedestrians
+from reid_jax.data import features, pedestrians
 
 # Seed namespaces: every random draw is keyed by (config seed, namespace, indices).
 _PIDS, _IDENTITY, _CAMERA, _PLAN, _SHOT, _DISTRACTOR, _JUNK = range(7)
@@ -173,15 +173,7 @@ class SyntheticReid(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
-            "mask": tfds.features.Image(shape=(None, None, 1), encoding_format="png",
-                                        doc="255 on the person, 0 elsewhere."),
-            "person_id": tfds.features.Scalar(np.int64, doc="-1 junk, 0 distractor."),
-            "camera_id": tfds.features.Scalar(np.int64, doc="0-based."),
-            "label": tfds.features.Scalar(np.int64, doc="Train class index; -1 in query/gallery."),
-            "filename": tfds.features.Text(),
-        }),
+        features=features.reid_features("png", with_mask=True),
         metadata=tfds.core.MetadataDict(),
     )
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from reid_jax import losses
 from reid_jax.models import resnet
+from reid_jax.models.layers import batch_norm, classifier
 
 # Kaiming-normal (fan_in) for the reductions, as MGN-pytorch initialises them.
 reduction_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -41,7 +42,7 @@ class Reduction(nn.Module):
   def __call__(self, x, train):
     x = nn.Dense(self.features, use_bias=False, kernel_init=reduction_init,
                  dtype=self.dtype, name="conv")(x)
-    return nn.relu(resnet.batch_norm(train, self.dtype, "bn")(x))
+    return nn.relu(batch_norm(train, self.dtype, "bn")(x))
 
 
 class Branch(nn.Module):
@@ -110,8 +111,7 @@ class MGN(nn.Module):
     if self.num_classes:
       # Each supervised feature has its own identity classifier (Fig. 3).
       outputs["logits"] = jnp.stack([
-          nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
-                   dtype=self.dtype, name=f"classifier{i}")(f).astype(jnp.float32)
+          classifier(self.num_classes, self.dtype, f"classifier{i}")(f).astype(jnp.float32)
           for i, f in enumerate(globals_ + reduced_parts)])
     return outputs
 

@@ -13,9 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from reid_jax import losses
-
-# Kaiming-normal (fan_out) as torchreid initialises convolutions.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from reid_jax.models.layers import batch_norm, classifier, conv_init
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 # FSM hidden widths per stage (torchreid `mlfn`).
@@ -39,9 +37,7 @@ class MLFNBlock(nn.Module):
     conv = lambda f, k, s=1, g=1, bias=False, name=None: nn.Conv(
         f, (k, k), (s, s), padding=_pad(k), feature_group_count=g, use_bias=bias,
         kernel_init=conv_init, dtype=self.dtype, name=name)
-    norm = lambda name: nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-        dtype=self.dtype, name=name)
+    norm = lambda name: batch_norm(train, self.dtype, name)
     mid = self.out_channels // 2
 
     # FSM (Sec. 3.1): reads the block input X_n.
@@ -76,9 +72,7 @@ class MLFN(nn.Module):
   @nn.compact
   def __call__(self, images, train=False):
     w = lambda c: max(int(c * self.width), self.groups)
-    norm = lambda name: nn.BatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
-        dtype=self.dtype, name=name)
+    norm = lambda name: batch_norm(train, self.dtype, name)
     x = images.astype(self.dtype)
     x = nn.Conv(w(64), (7, 7), (2, 2), padding=_pad(7), kernel_init=conv_init,
                 dtype=self.dtype, name="stem_conv")(x)
@@ -106,13 +100,9 @@ class MLFN(nn.Module):
     r = ((deep + factor) / 2).astype(jnp.float32)  # R, Eq. 6
     outputs = {"embedding": r, "factor_signature": signature.astype(jnp.float32)}
     if self.num_classes:
-      outputs["logits"] = nn.Dense(
-          self.num_classes, kernel_init=nn.initializers.normal(0.01),
-          dtype=self.dtype, name="classifier")(r).astype(jnp.float32)
+      outputs["logits"] = classifier(self.num_classes, self.dtype)(r).astype(jnp.float32)
     return outputs
 
 
-def loss(outputs, labels, label_smoothing=0.0):
-  """Sec. 3.2: softmax cross-entropy on the identity logits of R."""
-  ce = losses.cross_entropy(outputs["logits"], labels, label_smoothing)
-  return ce, {"cross_entropy": ce}
+# Sec. 3.2: softmax cross-entropy on the identity logits of R.
+loss = losses.identity_softmax_loss

@@ -14,9 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from reid_jax import losses
-
-# Kaiming-normal (fan_out), as torchvision initialises convolutions.
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+from reid_jax.models.layers import batch_norm, classifier, conv_init
 
 STAGE_PLANES = (64, 128, 256, 512)
 EXPANSION = 4
@@ -31,12 +29,6 @@ def scaled(channels, width):
 def stage_stride(stage, last_stride=2):
   """Stride of stage `stage` (0-based): 1 for layer1, 2 for layer2-3, `last_stride` for layer4."""
   return 1 if stage == 0 else last_stride if stage == 3 else 2
-
-
-def batch_norm(train, dtype, name):
-  """Torch-semantics BatchNorm; two-pass batch variance, as in MLFN."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      use_fast_variance=False, dtype=dtype, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -125,13 +117,9 @@ class ResNet(nn.Module):
     pooled = jnp.mean(maps[f"layer{len(self.stage_blocks)}"], axis=(1, 2))
     outputs = {"embedding": pooled.astype(jnp.float32)}
     if self.num_classes:
-      outputs["logits"] = nn.Dense(
-          self.num_classes, kernel_init=nn.initializers.normal(0.01),
-          dtype=self.dtype, name="classifier")(pooled).astype(jnp.float32)
+      outputs["logits"] = classifier(self.num_classes, self.dtype)(pooled).astype(jnp.float32)
     return outputs
 
 
-def loss(outputs, labels, label_smoothing=0.0):
-  """Softmax cross-entropy on the identity logits (the IDE baseline)."""
-  ce = losses.cross_entropy(outputs["logits"], labels, label_smoothing)
-  return ce, {"cross_entropy": ce}
+# The IDE baseline: softmax cross-entropy on the identity logits.
+loss = losses.identity_softmax_loss

@@ -1,0 +1,19 @@
+"""The feature schema every re-ID dataset shares (the pipeline relies on it)."""
+import numpy as np
+import tensorflow_datasets as tfds
+
+
+def reid_features(encoding_format, with_mask=False):
+  """image, person_id (-1 junk, 0 distractor), 0-based camera_id, train label and
+  filename; with_mask adds a coarse person mask (255 on the person)."""
+  features = {
+      "image": tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
+      "person_id": tfds.features.Scalar(np.int64, doc="-1 junk, 0 distractor."),
+      "camera_id": tfds.features.Scalar(np.int64, doc="0-based."),
+      "label": tfds.features.Scalar(np.int64, doc="Train class index; -1 in query/gallery."),
+      "filename": tfds.features.Text(),
+  }
+  if with_mask:
+    features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png",
+                                           doc="255 on the person, 0 elsewhere.")
+  return tfds.features.FeaturesDict(features)
