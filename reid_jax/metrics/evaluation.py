@@ -1,0 +1,229 @@
+"""Retrieval evaluation: CMC, mAP and mINP from a distance matrix or from features.
+
+Protocols (DESIGN.md, "Evaluation protocol"): `market` (Market-1501 / DukeMTMC /
+MSMT17: every valid gallery item ranked) and `cuhk03` (classic single-shot CMC,
+see `cuhk03.py`; AP and mINP as for `market`). AP is the mean precision at each
+true match (torchreid's `eval_market1501`), mINP the mean of
+num_matches / (rank of the hardest match + 1) (Ye et al., TPAMI 2021).
+
+Queries are processed in blocks of rows, so no more than one block of the
+distance matrix exists at a time when evaluating from features.
+"""
+import contextlib
+import os
+import threading
+from concurrent import futures
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reid_jax.metrics import cuhk03, distance, multi_query, rank
+from reid_jax.metrics import rerank as rerank_lib
+
+PROTOCOLS = ("market", "cuhk03")
+TOP_K = 10  # gallery items per query in the ranked lists (MGN Fig. 4)
+# Blocks evaluated concurrently (a block's kernels are mostly single-threaded on CPU).
+WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
+
+
+def _ids(x, name, n=None):
+  x = np.asarray(x)
+  if x.ndim != 1 or (n is not None and len(x) != n) or not np.issubdtype(x.dtype, np.integer):
+    raise ValueError(f"{name} must be a 1-D integer array" + (f" of length {n}" if n else ""))
+  return x.astype(np.int32)
+
+
+def _match_counts(q_pids, q_camids, g_pids, g_camids):
+  """Per query, the number of gallery items with its id from another camera (junk: 0)."""
+  low = min(q_camids.min(initial=0), g_camids.min(initial=0))
+  num_cams = int(max(q_camids.max(initial=0), g_camids.max(initial=0))) - low + 1
+  key = lambda pids, cams: pids.astype(np.int64) * num_cams + (cams - low)
+
+  def count(keys, x):
+    keys = np.sort(keys)
+    return np.searchsorted(keys, x, "right") - np.searchsorted(keys, x, "left")
+
+  n = count(g_pids, q_pids) - count(key(g_pids, g_camids), key(q_pids, q_camids))
+  return np.where(q_pids == -1, 0, n)
+
+
+def _match_indices(q_pids, q_camids, g_camids, by_id, width):
+  """[len(q_pids), width] gallery indices of each query's true matches, ascending, 0-padded.
+
+  by_id: (gallery indices sorted stably by id, their ids), from `_by_id`.
+  """
+  order, ids = by_id
+  lo = np.searchsorted(ids, q_pids, "left")
+  size = np.searchsorted(ids, q_pids, "right") - lo
+  span = np.arange(max(int(size.max(initial=0)), 1))
+  cand = order[np.minimum(lo[:, None] + span, len(order) - 1)]
+  ok = (span < size[:, None]) & (g_camids[cand] != q_camids[:, None]) & (q_pids[:, None] != -1)
+  first = np.argsort(~ok, axis=1, kind="stable")[:, :width]  # kept entries first, in order
+  out = np.take_along_axis(np.where(ok, cand, 0), first, axis=1)
+  return np.pad(out, ((0, 0), (0, width - out.shape[1]))).astype(np.int32)
+
+
+def _by_id(g_pids):
+  order = np.argsort(g_pids, kind="stable")
+  return order, g_pids[order]
+
+
+def _width(num_matches):
+  """Power of two > the largest match count (the search needs a +inf pad); at least 16,
+  which saves compiling narrower searches that would save little."""
+  return max(16, 1 << int(num_matches).bit_length())
+
+
+def _scores(ranks, num_matches):
+  """AP and INP of each query from its match ranks (NaN when it has no match)."""
+  m = np.arange(ranks.shape[1])
+  used = m[None, :] < num_matches[:, None]
+  r = ranks.astype(np.float64) + 1.0
+  with np.errstate(invalid="ignore", divide="ignore"):
+    ap = np.where(used, (m + 1.0) / r, 0.0).sum(1) / num_matches
+    hardest = np.take_along_axis(r, np.maximum(num_matches - 1, 0)[:, None], axis=1)[:, 0]
+    inp = num_matches / hardest
+  return np.where(num_matches > 0, ap, np.nan), np.where(num_matches > 0, inp, np.nan)
+
+
+def _evaluate(rows_fn, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank,
+              protocol, return_details, num_repeats, seed, context=contextlib.nullcontext,
+              metric=None):
+  """The block loop shared by `evaluate_rank` and `evaluate_features`.
+
+  rows_fn(query indices, padded to the block size) -> [rows, num_gallery] distances,
+  or with `metric` a `distance.dot_block` output that the kernels finish themselves.
+  Queries are visited sorted by their number of true matches, so each block's
+  search width P stays small; blocks run on a few threads (XLA releases the GIL).
+  """
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+  if max_rank < 1:
+    raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+  num_q = len(q_pids)
+  n = _match_counts(q_pids, q_camids, g_pids, g_camids)
+  dev_g_pids, dev_g_camids = jnp.asarray(g_pids), jnp.asarray(g_camids)
+  samples = cuhk03.sample_gallery(g_pids, num_repeats, seed) if protocol == "cuhk03" else None
+  top_k = min(TOP_K, num_gallery)
+  rows = distance.chunk_rows(num_gallery)
+  by_id = _by_id(g_pids)
+
+  def block(idx):
+    with context():
+      pad = np.concatenate([idx, np.full(rows - len(idx), idx[0])])
+      num = jnp.asarray(np.where(np.arange(rows) < len(idx), n[pad], 0).astype(np.int32))
+      match_idx = jnp.asarray(_match_indices(q_pids[pad], q_camids[pad], g_camids, by_id,
+                                             _width(n[idx].max())))
+      d, pids = rows_fn(pad), jnp.asarray(q_pids[pad])
+      out = [rank.match_ranks(d, match_idx, num, pids, dev_g_pids, metric)]
+      if protocol == "cuhk03":
+        out.append(cuhk03.single_shot_cmc(d, match_idx, num, pids, *samples, max_rank, metric))
+      if return_details:
+        out.append(rank.top_valid(d, pids, jnp.asarray(q_camids[pad]), dev_g_pids, dev_g_camids,
+                                  top_k, metric))
+      return [np.asarray(x)[:len(idx)] for x in out]
+
+  order = np.argsort(n, kind="stable")
+  blocks = [order[start:start + rows] for start in range(0, num_q, rows)]
+  first = np.zeros(num_q, np.int64)
+  ap, inp = np.full(num_q, np.nan), np.full(num_q, np.nan)
+  cmc_q = np.zeros((num_q, max_rank))
+  top = np.zeros((num_q, top_k), np.int64)
+  with futures.ThreadPoolExecutor(WORKERS) as pool:
+    for idx, out in zip(blocks, pool.map(block, blocks)):
+      first[idx] = out[0][:, 0]
+      ap[idx], inp[idx] = _scores(out[0], n[idx])
+      if protocol == "cuhk03":
+        cmc_q[idx] = out[1]
+      if return_details:
+        top[idx] = out[-1]
+  valid = n > 0
+  if protocol == "market":
+    cmc_q = first[:, None] <= np.arange(max_rank)[None, :]
+  result = {"cmc": cmc_q[valid].mean(0) if valid.any() else np.zeros(max_rank),
+            "mAP": float(np.mean(ap[valid])) if valid.any() else 0.0,
+            "mINP": float(np.mean(inp[valid])) if valid.any() else 0.0,
+            "num_valid_queries": int(valid.sum())}
+  if return_details:
+    result.update(ap=ap, inp=inp, ranked_indices=top, ranked_matches=g_pids[top] == q_pids[:, None])
+  return result
+
+
+def _host_rows(distmat, dtype, rows):
+  """rows_fn for a numpy matrix: rows are gathered into a 64-byte aligned buffer per
+  thread, which the CPU backend then reads in place (no second copy)."""
+  local = threading.local()
+  width, size = distmat.shape[1], rows * distmat.shape[1] * np.dtype(dtype).itemsize
+
+  def rows_fn(idx):
+    if not hasattr(local, "buf"):
+      raw = np.empty(size + 64, np.uint8)
+      start = -raw.ctypes.data % 64
+      local.buf = raw[start:start + size].view(dtype).reshape(rows, width)
+    if distmat.dtype == dtype:
+      np.take(distmat, idx, axis=0, out=local.buf)
+    else:
+      local.buf[...] = distmat[idx]
+    return jax.device_put(local.buf)
+
+  return rows_fn
+
+
+def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, protocol="market",
+                  return_details=False, num_repeats=10, seed=0):
+  """CMC / mAP / mINP of a [num_query, num_gallery] distance matrix (smaller = closer).
+
+  Returns {'cmc': [max_rank] fractions, 'mAP', 'mINP', 'num_valid_queries'}; queries
+  without a true match are skipped. protocol='cuhk03' averages the CMC over
+  `num_repeats` single-shot galleries drawn with `seed`. With return_details also
+  per-query 'ap', 'inp' (NaN when skipped), 'ranked_indices' [num_query, 10] (nearest
+  valid gallery items) and 'ranked_matches' (whether each has the query's id).
+  distmat may be a numpy or jax array; float64 is compared in float64.
+  """
+  num_q, num_g = np.shape(distmat)
+  q_pids, g_pids = _ids(q_pids, "q_pids", num_q), _ids(g_pids, "g_pids", num_g)
+  q_camids, g_camids = _ids(q_camids, "q_camids", num_q), _ids(g_camids, "g_camids", num_g)
+  wide = np.dtype(distmat.dtype) == np.float64 or (
+      np.issubdtype(distmat.dtype, np.integer) and np.abs(distmat).max(initial=0) >= 2**24)
+  dtype = np.float64 if wide else np.float32
+  context = (lambda: jax.enable_x64(True)) if wide else contextlib.nullcontext
+  if isinstance(distmat, jax.Array):
+    rows_fn = lambda idx: jnp.take(distmat, jnp.asarray(idx), axis=0).astype(dtype)
+  else:
+    rows_fn = _host_rows(np.asarray(distmat), dtype, distance.chunk_rows(num_g))
+  return _evaluate(rows_fn, num_g, q_pids, g_pids, q_camids, g_camids, max_rank, protocol,
+                   return_details, num_repeats, seed, context)
+
+
+def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclidean",
+                      max_rank=50, protocol="market", query_pooling=None, rerank=False,
+                      k1=20, k2=6, lambda_value=0.3, return_details=False, num_repeats=10,
+                      seed=0):
+  """`evaluate_rank` on features, streaming query blocks: the full distance matrix never exists.
+
+  metric: 'euclidean', 'sqeuclidean' or 'cosine'. query_pooling: None, 'mean' or
+  'max' pools the queries of each identity+camera into one (Market-1501 multi-query);
+  the result then has the pooled queries' 'query_pids', 'query_camids' and
+  'query_indices' (each one's first original query, e.g. for the ranked-list figure).
+  rerank: k-reciprocal re-ranking (Zhong et al., CVPR 2017) with k1, k2, lambda_value
+  on the `metric` distances of queries and gallery together.
+  """
+  distance.check_metric(metric)
+  qf, gf = np.asarray(qf, np.float32), np.asarray(gf, np.float32)
+  q_pids, g_pids = _ids(q_pids, "q_pids", len(qf)), _ids(g_pids, "g_pids", len(gf))
+  q_camids, g_camids = _ids(q_camids, "q_camids", len(qf)), _ids(g_camids, "g_camids", len(gf))
+  if query_pooling:
+    qf, q_pids, q_camids, first = multi_query.pool_queries(qf, q_pids, q_camids, query_pooling)
+  if rerank:
+    reranker = rerank_lib.KReciprocal(qf, gf, metric, k1=k1, k2=k2)
+    rows_fn, finish = (lambda idx: reranker.final_rows(idx, lambda_value)), None
+  else:
+    gallery = distance.prepare_gallery(gf, metric)
+    rows_fn, finish = (lambda idx: distance.dot_block(jnp.asarray(qf[idx]), *gallery, metric)), metric
+  out = _evaluate(rows_fn, len(gf), q_pids, g_pids, q_camids, g_camids, max_rank, protocol,
+                  return_details, num_repeats, seed, metric=finish)
+  if query_pooling:
+    out.update(query_pids=q_pids, query_camids=q_camids, query_indices=first)
+  return out

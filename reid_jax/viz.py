@@ -1,0 +1,86 @@
+"""Report figures: CMC curves and ranked lists (MGN, Wang et al. 2018, Fig. 4).
+
+Inputs are numpy arrays (uint8 HWC images); outputs are PNG files. Plots use
+matplotlib's non-interactive Agg backend, so they work on headless machines.
+"""
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+MATCH_COLOR = (0, 170, 0)  # green: same identity as the query
+MISMATCH_COLOR = (220, 0, 0)  # red: another identity
+QUERY_COLOR = (0, 0, 0)
+
+
+def plot_cmc(cmc, path, title="CMC", max_rank=None):
+  """Writes the CMC curve(s) to `path` (PNG) and returns `path`.
+
+  cmc: an array of fractions for ranks 1..len(cmc), or {label: array} for several.
+  """
+  curves = cmc if isinstance(cmc, dict) else {None: cmc}
+  fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+  for label, curve in curves.items():
+    curve = np.asarray(curve, np.float64)[:max_rank]
+    ranks = np.arange(1, len(curve) + 1)
+    ax.plot(ranks, 100 * curve, marker="o" if len(curve) <= 20 else None, markersize=3,
+            label=None if label is None else f"{label} (R1 {100 * curve[0]:.1f}%)")
+  ax.set(xlabel="rank", ylabel="matching rate (%)", title=title, ylim=(0, 100))
+  ax.grid(alpha=0.3)
+  if any(label is not None for label in curves):
+    ax.legend(loc="lower right")
+  _makedirs(path)
+  fig.savefig(path, format="png", bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def plot_ranked_lists(query_images, gallery_images, ranked_indices, matches, path,
+                      image_size=(128, 64), border=4, gap=12):
+  """Writes one row per query, the query then its ranked gallery images, to `path` (PNG).
+
+  query_images: [Q, H, W, 3] uint8 (or a sequence of HWC images); gallery_images:
+  anything indexable by gallery index giving an HWC uint8 image (an array, a list,
+  or a lazy loader); ranked_indices: [Q, k] gallery indices, best first (e.g.
+  `evaluate_features(..., return_details=True)['ranked_indices']`); matches: [Q, k]
+  bool, drawn as green (same identity) or red borders. Images are resized to
+  image_size (height, width).
+  """
+  ranked_indices, matches = np.asarray(ranked_indices), np.asarray(matches, bool)
+  if ranked_indices.shape != matches.shape or len(ranked_indices) != len(query_images):
+    raise ValueError("query_images, ranked_indices and matches must agree on [num_queries, k]")
+  h, w = image_size
+  cell_h, cell_w = h + 2 * border, w + 2 * border
+  num_q, k = ranked_indices.shape
+  size = (cell_w * (k + 1) + gap, cell_h * num_q + border * (num_q - 1))
+  canvas = Image.new("RGB", size, "white")
+  for row in range(num_q):
+    y = row * (cell_h + border)
+    canvas.paste(_framed(query_images[row], image_size, border, QUERY_COLOR), (0, y))
+    for col in range(k):
+      color = MATCH_COLOR if matches[row, col] else MISMATCH_COLOR
+      tile = _framed(gallery_images[int(ranked_indices[row, col])], image_size, border, color)
+      canvas.paste(tile, (gap + cell_w * (col + 1), y))
+  _makedirs(path)
+  canvas.save(path, format="PNG")
+  return path
+
+
+def _framed(image, image_size, border, color):
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f"expected an HWC uint8 image, got {image.dtype} {image.shape}")
+  tile = Image.fromarray(image if image.shape[-1] == 3 else image[..., 0]).convert("RGB")
+  tile = tile.resize((image_size[1], image_size[0]), Image.BILINEAR)
+  framed = Image.new("RGB", (image_size[1] + 2 * border, image_size[0] + 2 * border), color)
+  framed.paste(tile, (border, border))
+  return framed
+
+
+def _makedirs(path):
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,0 +1,37 @@
+"""Report figures: the files exist, are PNGs, and the ranked list's borders say match/mismatch."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from reid_jax import viz
+
+
+def test_plot_cmc(tmp_path):
+  path = viz.plot_cmc({"ours": np.linspace(0.5, 1.0, 50), "baseline": np.linspace(0.3, 0.9, 50)},
+                      str(tmp_path / "eval" / "cmc.png"), title="Market-1501")
+  image = Image.open(path)
+  assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+
+
+def test_plot_ranked_lists(tmp_path):
+  rng = np.random.default_rng(0)
+  queries = rng.integers(0, 255, (2, 40, 20, 3), dtype=np.uint8)
+  gallery = rng.integers(0, 255, (30, 50, 25, 3), dtype=np.uint8)  # another size: resized
+  ranked = np.array([[3, 1, 4], [1, 5, 9]])
+  matches = np.array([[True, False, False], [False, True, True]])
+  path = viz.plot_ranked_lists(queries, gallery, ranked, matches, str(tmp_path / "ranked.png"),
+                               image_size=(32, 16), border=3, gap=10)
+  image = np.asarray(Image.open(path).convert("RGB"))
+  cell_h, cell_w = 32 + 6, 16 + 6
+  assert image.shape == (2 * cell_h + 3, 4 * cell_w + 10, 3)
+  for row in range(2):
+    for col in range(3):
+      corner = image[row * (cell_h + 3), 10 + cell_w * (col + 1)]  # top-left pixel of the border
+      expected = viz.MATCH_COLOR if matches[row, col] else viz.MISMATCH_COLOR
+      np.testing.assert_array_equal(corner, expected)
+
+
+def test_ranked_lists_shape_mismatch(tmp_path):
+  with pytest.raises(ValueError, match="agree"):
+    viz.plot_ranked_lists(np.zeros((2, 8, 4, 3), np.uint8), np.zeros((5, 8, 4, 3), np.uint8),
+                          np.zeros((3, 2), int), np.zeros((3, 2), bool), str(tmp_path / "x.png"))
