@@ -114,13 +114,9 @@ def _report_name(step, config):
 
 def _query_images(query, metrics, config, rows):
   """The image shown for each ranked query; a pooled (multi-)query shows its first image."""
-  if not config.query_pooling:
-    return [DecodedImages(query)[i] for i in rows]
-  first = {}
-  for i, key in enumerate(zip(query.person_ids, query.camera_ids)):
-    first.setdefault(key, i)
-  keys = zip(metrics["query_pids"][rows], metrics["query_camids"][rows])
-  return [DecodedImages(query)[first[k]] for k in keys]
+  if config.query_pooling:
+    rows = metrics["query_indices"][rows]
+  return [DecodedImages(query)[i] for i in rows]
 
 
 def evaluate_workdir(config, workdir, num_ranked_queries=8):
