@@ -6,7 +6,6 @@ batch on any number of devices or hosts. Checkpoints (orbax) hold the whole stat
 the input pipeline is a pure function of the step, so resuming is exact.
 """
 import functools
-import json
 import os
 import time
 from typing import Any
@@ -32,14 +31,18 @@ def create_mesh():
   return jax.sharding.Mesh(np.array(jax.devices()), ("data",))
 
 
-def init_state(config, model, tx, rng):
-  """Initialised (and, with `config.pretrained`, ImageNet-initialised) state."""
+def init_state(config, model, tx, rng, load_pretrained=True):
+  """Initialised (and, with `config.pretrained`, ImageNet-initialised) state.
+
+  `load_pretrained=False` skips the weights file, for a state that a checkpoint
+  is about to replace.
+  """
   images = jnp.zeros((1, *config.image_size, 3), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(rng, images)
   from reid_jax import pretrained
-  if config.pretrained:
+  if load_pretrained and config.pretrained:
     variables = pretrained.load_pretrained(variables, config.pretrained, config.model)
-  elif config.model in pretrained.LAYOUTS:
+  elif load_pretrained and config.model in pretrained.LAYOUTS:
     logging.warning("config.pretrained is empty: %s's backbone starts from random weights, "
                     "not ImageNet as in its paper.", config.model)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
@@ -129,7 +132,8 @@ def create_train_state(config, num_classes, steps_per_epoch, mesh, manager):
                  else int(round(config.num_epochs * steps_per_epoch)))
   schedule = optimizers.learning_rate_schedule(config, steps_per_epoch, total_steps)
   tx = optimizers.create_optimizer(config, schedule)
-  state = jax.device_put(init_state(config, model, tx, jax.random.key(config.seed)),
+  fresh = manager.latest_step() is None
+  state = jax.device_put(init_state(config, model, tx, jax.random.key(config.seed), fresh),
                          NamedSharding(mesh, PartitionSpec()))
   state = restore_latest(manager, state, mesh)
   return model, state, schedule, total_steps

@@ -1,7 +1,6 @@
 """tf.data pipeline: P x K training batches, augmentation, ordered padded eval."""
 import io
 
-import ml_collections
 import numpy as np
 import PIL.Image
 import pytest
