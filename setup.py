@@ -22,6 +22,7 @@ setuptools.setup(
         "pillow>=10",
         "matplotlib>=3.8",
         "safetensors>=0.4",
+        "threadpoolctl>=3.1",
     ],
     extras_require={
         # torch (CPU) is the independent reference for the weight-import parity test.

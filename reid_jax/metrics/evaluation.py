@@ -17,15 +17,18 @@ from concurrent import futures
 import jax
 import jax.numpy as jnp
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from reid_jax.metrics import cuhk03, distance, multi_query, rank
 from reid_jax.metrics import rerank as rerank_lib
 
 PROTOCOLS = ("market", "cuhk03")
 TOP_K = 10  # gallery items per query in the ranked lists (MGN Fig. 4)
-# Blocks evaluated concurrently (a block's kernels are mostly single-threaded on CPU).
-WORKERS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-              else os.cpu_count() or 1)
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Blocks evaluated concurrently; on CPU each block's product gets CPUS // WORKERS BLAS
+# threads, so that the products and the ranking kernels share the cores rather than
+# oversubscribe them (which slows the first, compiling pass by 5-10%).
+WORKERS = min(4, CPUS)
 
 
 def _ids(x, name, n=None):
@@ -88,15 +91,17 @@ def _scores(ranks, num_matches):
   return np.where(num_matches > 0, ap, np.nan), np.where(num_matches > 0, inp, np.nan)
 
 
-def _evaluate(rows_fn, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank,
+def _evaluate(rows_fn, rows, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank,
               protocol, return_details, num_repeats, seed, context=contextlib.nullcontext,
               metric=None):
   """The block loop shared by `evaluate_rank` and `evaluate_features`.
 
-  rows_fn(query indices, padded to the block size) -> [rows, num_gallery] distances,
+  rows_fn(query indices, padded to `rows`) -> [rows, num_gallery] distances,
   or with `metric` a `distance.dot_block` output that the kernels finish themselves.
-  Queries are visited sorted by their number of true matches, so each block's
-  search width P stays small; blocks run on a few threads (XLA releases the GIL).
+  Queries are visited by decreasing number of true matches, so each block's search
+  width P stays small, and the widest kernel, compiled first, is not compiled at
+  the end when no other block is left to overlap with; blocks run on a few threads
+  (XLA and BLAS release the GIL).
   """
   if protocol not in PROTOCOLS:
     raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
@@ -107,7 +112,6 @@ def _evaluate(rows_fn, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank
   dev_g_pids, dev_g_camids = jnp.asarray(g_pids), jnp.asarray(g_camids)
   samples = cuhk03.sample_gallery(g_pids, num_repeats, seed) if protocol == "cuhk03" else None
   top_k = min(TOP_K, num_gallery)
-  rows = distance.chunk_rows(num_gallery)
   by_id = _by_id(g_pids)
 
   def block(idx):
@@ -125,7 +129,7 @@ def _evaluate(rows_fn, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank
                                   top_k, metric))
       return [np.asarray(x)[:len(idx)] for x in out]
 
-  order = np.argsort(n, kind="stable")
+  order = np.argsort(-n, kind="stable")
   blocks = [order[start:start + rows] for start in range(0, num_q, rows)]
   first = np.zeros(num_q, np.int64)
   ap, inp = np.full(num_q, np.nan), np.full(num_q, np.nan)
@@ -151,22 +155,31 @@ def _evaluate(rows_fn, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank
   return result
 
 
-def _host_rows(distmat, dtype, rows):
-  """rows_fn for a numpy matrix: rows are gathered into a 64-byte aligned buffer per
-  thread, which the CPU backend then reads in place (no second copy)."""
+def _thread_buffer(shape, dtype=np.float32):
+  """A per-thread `distance.aligned_empty` buffer: each block thread reuses its own,
+  as a block's kernels finish before its thread starts the next one."""
   local = threading.local()
-  width, size = distmat.shape[1], rows * distmat.shape[1] * np.dtype(dtype).itemsize
+
+  def get():
+    if not hasattr(local, "buf"):
+      local.buf = distance.aligned_empty(shape, dtype)
+    return local.buf
+
+  return get
+
+
+def _host_rows(distmat, dtype, rows):
+  """rows_fn for a numpy matrix: rows gathered into an aligned per-thread buffer,
+  which the CPU backend then reads in place (no second copy)."""
+  buffer = _thread_buffer((rows, distmat.shape[1]), dtype)
 
   def rows_fn(idx):
-    if not hasattr(local, "buf"):
-      raw = np.empty(size + 64, np.uint8)
-      start = -raw.ctypes.data % 64
-      local.buf = raw[start:start + size].view(dtype).reshape(rows, width)
+    buf = buffer()
     if distmat.dtype == dtype:
-      np.take(distmat, idx, axis=0, out=local.buf)
+      np.take(distmat, idx, axis=0, out=buf, mode="clip")  # 'raise' would copy via a temporary
     else:
-      local.buf[...] = distmat[idx]
-    return jax.device_put(local.buf)
+      buf[...] = distmat[idx]
+    return jax.device_put(buf, may_alias=True)
 
   return rows_fn
 
@@ -189,11 +202,12 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, prot
       np.issubdtype(distmat.dtype, np.integer) and np.abs(distmat).max(initial=0) >= 2**24)
   dtype = np.float64 if wide else np.float32
   context = (lambda: jax.enable_x64(True)) if wide else contextlib.nullcontext
+  rows = distance.chunk_rows(num_g, num_q)
   if isinstance(distmat, jax.Array):
     rows_fn = lambda idx: jnp.take(distmat, jnp.asarray(idx), axis=0).astype(dtype)
   else:
-    rows_fn = _host_rows(np.asarray(distmat), dtype, distance.chunk_rows(num_g))
-  return _evaluate(rows_fn, num_g, q_pids, g_pids, q_camids, g_camids, max_rank, protocol,
+    rows_fn = _host_rows(np.asarray(distmat), dtype, rows)
+  return _evaluate(rows_fn, rows, num_g, q_pids, g_pids, q_camids, g_camids, max_rank, protocol,
                    return_details, num_repeats, seed, context)
 
 
@@ -216,14 +230,20 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
   q_camids, g_camids = _ids(q_camids, "q_camids", len(qf)), _ids(g_camids, "g_camids", len(gf))
   if query_pooling:
     qf, q_pids, q_camids, first = multi_query.pool_queries(qf, q_pids, q_camids, query_pooling)
+  rows = distance.chunk_rows(len(gf), len(qf))
   if rerank:
     reranker = rerank_lib.KReciprocal(qf, gf, metric, k1=k1, k2=k2)
     rows_fn, finish = (lambda idx: reranker.final_rows(idx, lambda_value)), None
   else:
     gallery = distance.prepare_gallery(gf, metric)
-    rows_fn, finish = (lambda idx: distance.dot_block(jnp.asarray(qf[idx]), *gallery, metric)), metric
-  out = _evaluate(rows_fn, len(gf), q_pids, g_pids, q_camids, g_camids, max_rank, protocol,
-                  return_details, num_repeats, seed, metric=finish)
+    buffer = _thread_buffer((rows, len(gf)))
+    rows_fn = lambda idx: distance.dot_block(qf[idx], gallery, buffer() if gallery.on_host else None)
+    finish = metric
+  host_blas = not rerank and gallery.on_host
+  with (threadpool_limits(max(1, CPUS // WORKERS), user_api="blas") if host_blas
+        else contextlib.nullcontext()):
+    out = _evaluate(rows_fn, rows, len(gf), q_pids, g_pids, q_camids, g_camids, max_rank,
+                    protocol, return_details, num_repeats, seed, metric=finish)
   if query_pooling:
     out.update(query_pids=q_pids, query_camids=q_camids, query_indices=first)
   return out

@@ -75,7 +75,7 @@ def _expansion_sets(ranks, half, min_overlap):
 def _distances_to(source, sets):
   """Squared original distance from every row i to its set members: original[e, i]."""
   if isinstance(source, _Features):
-    return _pair_distances(*source.prepared, sets, source.metric)
+    return _pair_distances(source.prepared.features, source.prepared.sq_norms, sets, source.metric)
   return jnp.square(source.pairs(np.arange(len(sets)), sets))
 
 
@@ -187,7 +187,7 @@ class _Features:
     return len(self.x)
 
   def columns(self, rows):  # symmetric: row i is column i
-    return distance.distance_block(jnp.asarray(self.x[rows]), *self.prepared, self.metric)
+    return distance.distance_block(self.x[rows], self.prepared)
 
 
 class _Matrices:
@@ -242,7 +242,7 @@ class KReciprocal:
     if k1 < 1 or not 1 <= k2 <= k1 + 1 or n <= k1:
       raise ValueError(f"need 1 <= k2 <= k1 + 1 < queries + gallery, got k1={k1}, k2={k2}, n={n}")
     self.num_q, self.n, self._source = num_q, n, source
-    self._rows = distance.chunk_rows(n, BLOCK_ELEMENTS)
+    self._rows = distance.chunk_rows(n, n, BLOCK_ELEMENTS)
     blocks = (np.minimum(np.arange(s, s + self._rows), n - 1) for s in range(0, n, self._rows))
     scale, ranks = zip(*(_scale_and_neighbours(source.columns(r), k1 + 1) for r in blocks))
     self.scale, ranks = jnp.concatenate(scale)[:n], jnp.concatenate(ranks)[:n]

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from reid_jax import metrics
+from reid_jax.metrics import distance
 
 
 def features_case(seed, num_q=60, num_g=300, dim=16, num_ids=25):
@@ -28,6 +29,19 @@ def test_equals_evaluate_rank(metric):
   result = metrics.evaluate_features(qf, gf, *ids, metric=metric, max_rank=20)
   assert_same(result, metrics.evaluate_rank(metrics.pairwise_distance(qf, gf, metric), *ids, max_rank=20))
   assert result["mAP"] > 0.3  # clustered identities: far from chance
+
+
+@pytest.mark.parametrize("metric", metrics.METRICS)
+def test_accelerator_path(monkeypatch, metric):
+  """The jnp.dot path of GPU / TPU (here on CPU) agrees with the BLAS path and with itself."""
+  qf, gf, *ids = features_case(2)
+  host = metrics.pairwise_distance(qf, gf, metric)
+  monkeypatch.setattr(distance, "_on_host", lambda: False)
+  assert not distance.prepare_gallery(gf, metric).on_host
+  device = metrics.pairwise_distance(qf, gf, metric)
+  np.testing.assert_allclose(device, host, rtol=1e-5, atol=1e-5)
+  result = metrics.evaluate_features(qf, gf, *ids, metric=metric, max_rank=20)
+  assert_same(result, metrics.evaluate_rank(device, *ids, max_rank=20))
 
 
 @pytest.mark.parametrize("pooling", ["mean", "max"])

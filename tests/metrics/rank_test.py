@@ -82,6 +82,12 @@ def test_market_matches_reference(levels):
   assert_matches_reference(result, *case)
 
 
+def test_fewer_queries_than_a_search_group_and_odd_gallery():
+  rng = np.random.default_rng(7)
+  case = random_case(rng, num_q=5, num_g=401, num_ids=10)
+  assert_matches_reference(metrics.evaluate_rank(*case), *case)
+
+
 def test_single_camera_gallery_and_zero_distances():
   rng = np.random.default_rng(2)
   d, q_pids, g_pids, q_camids, _ = random_case(rng, levels=4)
@@ -103,7 +109,7 @@ def test_many_matches_per_query():
 def test_gathered_pivots(monkeypatch):
   """Levels beyond MUX_LEVELS gather their pivots; both kinds must agree with the reference."""
   monkeypatch.setattr(rank, "MUX_LEVELS", 1)
-  codes = jax.jit(rank._codes.__wrapped__)  # retrace with the patched constant
+  match_ranks = jax.jit(rank.match_ranks.__wrapped__)  # retrace with the patched constant
   rng = np.random.default_rng(4)
   d, q_pids, g_pids, q_camids, g_camids = random_case(rng, num_q=16, num_g=200, num_ids=8, levels=8)
   valid = (g_pids[None] == q_pids[:, None]) & (g_camids[None] != q_camids[:, None])
@@ -111,9 +117,8 @@ def test_gathered_pivots(monkeypatch):
   match_idx = np.zeros((len(d), 64), np.int32)
   for q in range(len(d)):
     match_idx[q, :num[q]] = np.flatnonzero(valid[q])
-  codes_ = codes(jnp.asarray(d), jnp.asarray(match_idx), jnp.asarray(num, jnp.int32),
-                 jnp.asarray(q_pids, jnp.int32), jnp.asarray(g_pids, jnp.int32))
-  ranks = np.asarray(rank._ranks(codes_, match_idx.shape[1]))
+  ranks = np.asarray(match_ranks(jnp.asarray(d), jnp.asarray(match_idx), jnp.asarray(num, jnp.int32),
+                                 jnp.asarray(q_pids, jnp.int32), jnp.asarray(g_pids, jnp.int32)))
   for q in range(len(d)):
     order = np.argsort(d[q], kind="stable")
     keep = (g_pids[order] != -1) & ~((g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q]))
