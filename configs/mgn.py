@@ -14,8 +14,7 @@ from reid_jax import config_schema
 
 
 def get_config(arg=None):
-  config = config_schema.base_config()
-  config.model = "mgn"
+  config = config_schema.base_config("mgn")
   config.dataset = "market1501"
   config.pretrained = ""                  # ImageNet ResNet-50 weights file (see above)
   config.image_size = (384, 128)          # Sec. 4.1, after PCB
@@ -38,7 +37,7 @@ def get_config(arg=None):
   config.loss.triplet_margin = 1.2        # Sec. 4.1
   config.loss.triplet_metric = "euclidean"  # Eq. 2
   config.loss.soft_margin = False
-  config.metric = "euclidean"
+  config.eval.metric = "euclidean"
   config.flip_test = True
 
   if arg == "synthetic":

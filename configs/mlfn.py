@@ -9,8 +9,7 @@ from reid_jax import config_schema
 
 
 def get_config(arg=None):
-  config = config_schema.base_config()
-  config.model = "mlfn"
+  config = config_schema.base_config("mlfn")
   config.dataset = "market1501"
   config.image_size = (256, 128)          # Sec. 4.1, "Data augmentation"
   config.p_identities = 16                # batch 64 = 16 identities x 4 images

@@ -1,34 +1,50 @@
 """The configuration every network shares, and its validation.
 
-`configs/<network>.py` starts from `base_config()` and sets the paper's values;
-`validate(config)` runs before anything is built or compiled, so a wrong value
-is a clear error naming the key rather than a failure deep inside a jitted step.
+`configs/<network>.py` starts from `base_config(<network>)` and sets the paper's
+values. Two groups are other functions' own keyword arguments: `config.loss` is
+the network's loss (its defaults come from the loss's signature) and
+`config.eval` is `reid_jax.metrics.evaluate_features`. `validate(config)` runs
+before anything is built or compiled, so a wrong value is a `ConfigError` naming
+the key rather than a failure deep inside a jitted step.
 """
+import importlib.util
+import inspect
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 DTYPES = ("float32", "bfloat16")
+SAMPLERS = ("pk", "random")
+# evaluate_features' data arguments; the rest of its keywords are `config.eval`.
+_EVAL_DATA_ARGS = ("qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids")
 
 
-def base_config():
+class ConfigError(ValueError):
+  """A config value that cannot work; the message starts with `config.<key>=`."""
+
+
+def base_config(model=""):
+  """The shared keys, with `config.loss` holding the defaults of `model`'s loss."""
   c = ml_collections.ConfigDict()
-  c.model = ""
+  c.model = model
   c.model_kwargs = {}                 # overrides passed to models.get_model (width, ...)
-  c.loss = ml_collections.ConfigDict()  # keyword arguments of the network's loss
-  c.loss.label_smoothing = 0.0
+  c.loss = ml_collections.ConfigDict(_loss_defaults(model))  # keyword arguments of the loss
   c.pretrained = ""                   # ImageNet weights (.safetensors/.npz/.pth) for the backbone
+  c.init_from = ""                    # another run's workdir or checkpoint to start from
   c.dtype = "float32"                 # compute dtype; params stay float32
 
   c.dataset = ""                      # tfds name[/config], e.g. market1501 or synthetic_reid/small
   c.data_dir = ""                     # tfds data_dir ('' = tfds default)
   c.manual_dir = ""                   # where the official archive/folder lies ('' = <data_dir>/downloads/manual)
   c.image_size = (256, 128)           # (height, width)
+  c.sampler = "pk"                    # 'pk': P identities x K images; 'random': batch_size random images
   c.p_identities = 16                 # identities per batch (P)
   c.k_instances = 4                   # images per identity (K); batch = P * K
+  c.batch_size = 32                   # images per batch with sampler='random'
   c.eval_batch_size = 128
   c.augment = ml_collections.ConfigDict()
   c.augment.flip = True               # random horizontal flip
@@ -41,7 +57,8 @@ def base_config():
   c.momentum = 0.9                    # sgd only
   c.nesterov = False                  # sgd only
   c.lr_schedule = "constant"
-  c.lr_decay_epochs = ()              # 'step': multiply by lr_decay_factor at each
+  c.lr_decay_epochs = ()              # 'step': multiply by lr_decay_factor at each epoch ...
+  c.lr_decay_steps = ()               # ... or at each step (iteration) given here
   c.lr_decay_factor = 0.1
   c.warmup_epochs = 0.0
   c.num_train_steps = 100_000         # -1: num_epochs decides
@@ -52,38 +69,119 @@ def base_config():
   c.checkpoint_every_steps = 5_000
   c.keep_checkpoints = 3
   c.log_every_steps = 100
-  c.metric = "euclidean"              # retrieval distance
-  c.flip_test = False                 # average features with the flipped image's
-  c.max_rank = 50
-  c.query_pooling = ""                # multi-query: '', 'mean' or 'max' per identity+camera
-  c.rerank = False                    # k-reciprocal re-ranking (Zhong et al., CVPR 2017)
-  c.rerank_k1 = 20
-  c.rerank_k2 = 6
-  c.rerank_lambda = 0.3
+  c.flip_test = False                 # average test features with the flipped image's
+  c.eval = ml_collections.ConfigDict()  # keyword arguments of metrics.evaluate_features
+  c.eval.metric = "euclidean"         # retrieval distance: euclidean, sqeuclidean, cosine
+  c.eval.max_rank = 50
+  c.eval.protocol = "market"          # or 'cuhk03' (classic single-shot)
+  c.eval.num_repeats = 10             # cuhk03: gallery draws
+  c.eval.seed = 0                     # cuhk03: seed of the gallery draws
+  c.eval.query_pooling = config_dict.placeholder(str)  # multi-query: None, 'mean' or 'max'
+  c.eval.rerank = False               # k-reciprocal re-ranking (Zhong et al., CVPR 2017)
+  c.eval.k1 = 20
+  c.eval.k2 = 6
+  c.eval.lambda_value = 0.3
   c.seed = 0
   return c
 
 
+def _loss_defaults(model):
+  if not model:
+    return {}
+  from reid_jax import models  # late: models import jax and flax
+  return models.get_spec(model).loss_defaults()
+
+
+def train_batch_size(config):
+  """Images per global training batch: P * K, or `batch_size` for random batches."""
+  return config.p_identities * config.k_instances if config.sampler == "pk" else config.batch_size
+
+
 def _fail(key, value, why):
-  raise ValueError(f"config.{key}={value!r}: {why}")
+  raise ConfigError(f"config.{key}={value!r}: {why}")
+
+
+def _validate_network(config):
+  from reid_jax import models
+  if config.model not in models.names():
+    _fail("model", config.model, f"must be one of {models.names()}")
+  spec = models.get_spec(config.model)
+  fields = [f for f in spec.module_fields() if f != "dtype"]
+  for key in config.model_kwargs:
+    if key not in fields:
+      _fail(f"model_kwargs.{key}", config.model_kwargs[key],
+            f"{config.model} takes no {key!r}; it takes {fields}")
+  loss = dict(config.loss)
+  accepted = spec.loss_defaults()
+  for key in loss:
+    if key not in accepted:
+      _fail(f"loss.{key}", loss[key], f"{config.model}'s loss takes no {key!r}; "
+            f"it accepts {sorted(accepted)}")
+  if not 0 <= loss.get("label_smoothing", 0.0) < 1:
+    _fail("loss.label_smoothing", loss["label_smoothing"], "must be in [0, 1)")
+  for key in ("triplet_margin", "lambda_global", "lambda_local"):
+    if loss.get(key, 0.0) < 0:
+      _fail(f"loss.{key}", loss[key], "must be >= 0")
+  if loss.get("triplet_metric", "euclidean") not in ("euclidean", "cosine"):
+    _fail("loss.triplet_metric", loss["triplet_metric"], "must be 'euclidean' or 'cosine'")
+  if not isinstance(loss.get("soft_margin", False), bool):
+    _fail("loss.soft_margin", loss["soft_margin"], "must be True or False")
+  return spec
+
+
+def _validate_eval(config):
+  from reid_jax import metrics
+  accepted = list(inspect.signature(metrics.evaluate_features).parameters)
+  accepted = [k for k in accepted if k not in _EVAL_DATA_ARGS + ("return_details",)]
+  for key in config.eval:
+    if key not in accepted:
+      _fail(f"eval.{key}", config.eval[key],
+            f"evaluate_features takes no {key!r}; it accepts {accepted}")
+  choices = {"metric": METRICS, "protocol": metrics.PROTOCOLS,
+             "query_pooling": (None, "mean", "max")}
+  for key, allowed in choices.items():
+    if config.eval.get(key) not in allowed:
+      _fail(f"eval.{key}", config.eval.get(key), f"must be one of {allowed}")
+  for key in ("max_rank", "num_repeats", "k1", "k2"):
+    if int(config.eval.get(key, 1)) < 1:
+      _fail(f"eval.{key}", config.eval[key], "must be a positive integer")
+
+
+def _validate_weights(config, spec):
+  if config.pretrained and config.init_from:
+    _fail("init_from", config.init_from,
+          "set either it or config.pretrained: a checkpoint replaces the ImageNet weights")
+  if config.pretrained:
+    if spec.imagenet_layout is None:
+      from reid_jax import models
+      with_layout = [n for n in models.names() if models.get_spec(n).imagenet_layout]
+      _fail("pretrained", config.pretrained,
+            f"model {config.model!r} has no ImageNet backbone; weights load into {with_layout}")
+    if not os.path.isfile(config.pretrained):
+      _fail("pretrained", config.pretrained, "no such file")
+  if config.init_from:
+    from reid_jax import checkpoints
+    try:
+      checkpoints.find(config.init_from)
+    except FileNotFoundError as e:
+      _fail("init_from", config.init_from, str(e))
 
 
 def validate(config):
-  """Raises ValueError naming the first key whose value cannot work."""
-  from reid_jax import models  # late: models import jax and flax
-  if config.model not in models.names():
-    _fail("model", config.model, f"must be one of {models.names()}")
+  """Raises ConfigError naming the first key whose value cannot work."""
+  spec = _validate_network(config)
   if not config.dataset:
     _fail("dataset", config.dataset, "name a tfds dataset, e.g. market1501 or synthetic_reid/small")
   if len(config.image_size) != 2 or min(config.image_size) < 16:
     _fail("image_size", config.image_size, "must be (height, width), each at least 16")
-  for key in ("p_identities", "k_instances", "eval_batch_size", "log_every_steps"):
+  if config.sampler not in SAMPLERS:
+    _fail("sampler", config.sampler, f"must be one of {SAMPLERS}")
+  for key in ("p_identities", "k_instances", "batch_size", "eval_batch_size", "log_every_steps"):
     if int(config[key]) < 1:
       _fail(key, config[key], "must be a positive integer")
-  if config.p_identities < 2:
+  if config.sampler == "pk" and config.p_identities < 2:
     _fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
-  choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES,
-             "metric": METRICS, "dtype": DTYPES, "query_pooling": ("", "mean", "max")}
+  choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES}
   for key, allowed in choices.items():
     if config[key] not in allowed:
       _fail(key, config[key], f"must be one of {allowed}")
@@ -91,25 +189,48 @@ def validate(config):
     _fail("learning_rate", config.learning_rate, "must be positive")
   if config.num_train_steps <= 0 and config.num_epochs <= 0:
     _fail("num_train_steps", config.num_train_steps, "set it or config.num_epochs to a positive value")
-  if config.lr_schedule == "step" and list(config.lr_decay_epochs) != sorted(config.lr_decay_epochs):
-    _fail("lr_decay_epochs", config.lr_decay_epochs, "must be increasing")
+  for key in ("lr_decay_epochs", "lr_decay_steps"):
+    if list(config[key]) != sorted(config[key]):
+      _fail(key, config[key], "must be increasing")
+  if config.lr_decay_epochs and config.lr_decay_steps:
+    _fail("lr_decay_steps", config.lr_decay_steps, "set it or config.lr_decay_epochs, not both")
   if not 0 <= config.augment.random_erasing <= 1:
     _fail("augment.random_erasing", config.augment.random_erasing, "is a probability in [0, 1]")
   if config.augment.pad < 0:
     _fail("augment.pad", config.augment.pad, "must be >= 0")
-  if not 0 <= config.loss.get("label_smoothing", 0.0) < 1:
-    _fail("loss.label_smoothing", config.loss.label_smoothing, "must be in [0, 1)")
-  if config.loss.get("triplet_margin", 0.0) < 0:
-    _fail("loss.triplet_margin", config.loss.triplet_margin, "must be >= 0")
-  if config.loss.get("triplet_metric", "euclidean") not in ("euclidean", "cosine"):
-    _fail("loss.triplet_metric", config.loss.triplet_metric, "must be 'euclidean' or 'cosine'")
-  if not isinstance(config.loss.get("soft_margin", False), bool):
-    _fail("loss.soft_margin", config.loss.soft_margin, "must be True or False")
-  if config.pretrained:
-    from reid_jax import pretrained
-    if config.model not in pretrained.LAYOUTS:
-      _fail("pretrained", config.pretrained,
-            f"model {config.model!r} has no ImageNet backbone; weights load into {sorted(pretrained.LAYOUTS)}")
-    if not os.path.isfile(config.pretrained):
-      _fail("pretrained", config.pretrained, "no such file")
+  _validate_eval(config)
+  _validate_weights(config, spec)
   return config
+
+
+def _config_from_flags(argv):
+  """The config `--config=FILE[:ARG]` in `argv` names, without its overrides."""
+  value = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if value is None:
+    return None
+  path, _, arg = value.partition(":")
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def unknown_override(argv, override):
+  """The message for `--config.KEY=...` when the config has no KEY, else None."""
+  key = override[len("--config."):].split("=", 1)[0]
+  config = _config_from_flags(argv)
+  if config is None:
+    return None
+  node, path = config, []
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return None
+    if part not in node:
+      where = "config" + "".join(f".{p}" for p in path)
+      what = {"loss": f" (the keyword arguments of {config.model}'s loss)",
+              "eval": " (the keyword arguments of metrics.evaluate_features)"}.get(".".join(path), "")
+      return (f"--config.{key}: {where} has no key {part!r}; it accepts "
+              f"{sorted(node.keys())}{what}.")
+    node = node[part]
+    path.append(part)
+  return None

@@ -1,9 +1,12 @@
 """Evaluation: test features for query and gallery, retrieval metrics, reports.
 
-`python -m reid_jax.evaluate --config=... --workdir=...` re-evaluates the latest
-checkpoint of a workdir (with `--config.rerank=True` or
-`--config.query_pooling=mean` for re-ranking or multi-query) and writes the
-metrics JSON, a CMC curve and a ranked-list figure to `<workdir>/eval/`.
+`evaluate_model` scores a network the way its `NetworkSpec.evaluation` says
+('embedding': distances between test features, streamed through the exact block
+evaluator `reid_jax.metrics.evaluate_features(**config.eval)`).
+`evaluate_workdir` re-evaluates the latest checkpoint of a workdir (with
+`config.eval.rerank` or `config.eval.query_pooling` for re-ranking or
+multi-query) and writes the metrics JSON, a CMC curve and a ranked-list figure to
+`<workdir>/eval/`; `python -m reid_jax.main --mode=evaluate` runs it.
 """
 import functools
 import io
@@ -14,33 +17,36 @@ import jax
 import numpy as np
 import PIL.Image
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec
 
-from reid_jax import data, metrics as retrieval, viz
+from reid_jax import checkpoints, config_schema, data, models, sharding, viz
+from reid_jax import metrics as retrieval
 
 REPORTED_RANKS = (1, 5, 10, 20)
 
 
 @functools.lru_cache(maxsize=8)
-def _embed_fn(model, flip, mesh):
-  def embed(variables, images):
-    features = model.apply(variables, images, train=False)["embedding"]
+def _embed_fn(model, spec, flip, mesh):
+  def embed(variables, inputs):
+    def features(inputs):
+      args, kwargs = spec.apply_inputs(inputs)
+      return model.apply(variables, *args, train=False, **kwargs)["embedding"]
+    out = features(inputs)
     if flip:  # average with the mirrored image's feature
-      features = (features + model.apply(variables, images[:, :, ::-1], train=False)["embedding"]) / 2
-    return features
+      out = (out + features(jax.tree.map(lambda x: x[:, :, ::-1], inputs))) / 2
+    return out
 
-  return jax.jit(embed, in_shardings=(NamedSharding(mesh, PartitionSpec()),
-                                      NamedSharding(mesh, PartitionSpec("data"))),
-                 out_shardings=NamedSharding(mesh, PartitionSpec("data")))
+  return jax.jit(embed, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.batch_sharded(mesh))
 
 
 def extract_features(model, variables, split, config, mesh):
   """The [len(split), d] float32 test features of `split`, in split order."""
-  from reid_jax import train  # late: train imports this module
-  embed = _embed_fn(model, bool(config.flip_test), mesh)
+  spec = models.get_spec(config.model)
+  embed = _embed_fn(model, spec, bool(config.flip_test), mesh)
   features = None
   for batch in data.eval_dataset(split, config.eval_batch_size, config.image_size).as_numpy_iterator():
-    out = embed(variables, train.global_batch(mesh, {"image": batch["image"]})["image"])
+    inputs = {k: v for k, v in batch.items() if k not in ("index", "valid")}
+    out = embed(variables, sharding.global_batch(mesh, inputs))
     out = np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float32)
     index = multihost_utils.process_allgather(batch["index"], tiled=True)
     valid = multihost_utils.process_allgather(batch["valid"], tiled=True)
@@ -50,16 +56,24 @@ def extract_features(model, variables, split, config, mesh):
   return features
 
 
-def evaluate_model(model, state, query, gallery, config, mesh, return_details=False):
-  """Market-1501-protocol metrics of `state`'s model (DESIGN.md, "Evaluation protocol")."""
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+def _evaluate_embeddings(model, variables, query, gallery, config, mesh, return_details):
   qf = extract_features(model, variables, query, config, mesh)
   gf = extract_features(model, variables, gallery, config, mesh)
   return retrieval.evaluate_features(
       qf, gf, query.person_ids, gallery.person_ids, query.camera_ids, gallery.camera_ids,
-      metric=config.metric, max_rank=config.max_rank, query_pooling=config.query_pooling or None,
-      rerank=config.rerank, k1=config.rerank_k1, k2=config.rerank_k2,
-      lambda_value=config.rerank_lambda, return_details=return_details)
+      return_details=return_details, **config.eval)
+
+
+# One scorer per `NetworkSpec.evaluation` kind.
+_EVALUATORS = {"embedding": _evaluate_embeddings}
+
+
+def evaluate_model(model, variables, query, gallery, config, mesh, return_details=False):
+  """Retrieval metrics of `model` with `variables` ({'params', 'batch_stats'}) on
+  query against gallery, under `config.eval` (the protocol is the README's
+  "Evaluation" section)."""
+  kind = models.get_spec(config.model).evaluation
+  return _EVALUATORS[kind](model, variables, query, gallery, config, mesh, return_details)
 
 
 def scalar_summary(metrics):
@@ -105,42 +119,47 @@ class DecodedImages:
 
 def _report_name(step, config):
   tags = [f"step{step}"]
-  if config.query_pooling:
-    tags.append(f"mq-{config.query_pooling}")
-  if config.rerank:
+  if config.eval.query_pooling:
+    tags.append(f"mq-{config.eval.query_pooling}")
+  if config.eval.rerank:
     tags.append("rerank")
   return "_".join(tags)
 
 
 def _query_images(query, metrics, config, rows):
   """The image shown for each ranked query; a pooled (multi-)query shows its first image."""
-  if config.query_pooling:
+  if config.eval.query_pooling:
     rows = metrics["query_indices"][rows]
   return [DecodedImages(query)[i] for i in rows]
 
 
 def evaluate_workdir(config, workdir, num_ranked_queries=8):
   """Re-evaluates the latest checkpoint in `workdir`; writes `<workdir>/eval/<report>.json`,
-  `.._cmc.png` and `.._ranked.png`. Returns the metrics."""
-  from reid_jax import config_schema, train
+  `.._cmc.png` and `.._ranked.png`. Returns the metrics.
+
+  Only `params` and `batch_stats` are read (no optimiser is built), and no
+  classifier: a run trained on one dataset evaluates on another.
+  """
   config_schema.validate(config)
-  mesh = train.create_mesh()
-  manager = train.checkpoint_manager(workdir, config)
-  if manager.latest_step() is None:
+  mesh = sharding.create_mesh()
+  try:
+    step_dir, step = checkpoints.find(workdir)
+  except FileNotFoundError:
     raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: "
-                            "train first with `python -m reid_jax.main`.")
+                            "train first with `python -m reid_jax.main`.") from None
   dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
   query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
-  model, state, _, _ = train.create_train_state(
-      config, int(dataset.info.metadata["num_classes"]), 1, mesh, manager)
-  step = int(state.step)
-  metrics = evaluate_model(model, state, query, gallery, config, mesh, return_details=True)
+  model = models.get_model(config.model, 0, dtype=jax.numpy.dtype(config.dtype),
+                           **config.model_kwargs)
+  spec = models.get_spec(config.model)
+  abstract = jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))
+  variables = checkpoints.read_variables(step_dir, mesh, like=abstract)
+  metrics = evaluate_model(model, variables, query, gallery, config, mesh, return_details=True)
 
   name = _report_name(step, config)
   out = os.path.join(workdir, "eval")
   os.makedirs(out, exist_ok=True)
-  payload = {"step": step, "rerank": bool(config.rerank), "query_pooling": config.query_pooling,
-             "metric": config.metric, "flip_test": bool(config.flip_test),
+  payload = {"step": step, "eval": config.eval.to_dict(), "flip_test": bool(config.flip_test),
              **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
              "num_valid_queries": int(metrics["num_valid_queries"])}
   _write_json_atomically(os.path.join(out, f"{name}.json"), payload)
@@ -152,23 +171,3 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8):
                         metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
                         os.path.join(out, f"{name}_ranked.png"))
   return metrics
-
-
-def main(argv):
-  del argv
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
-  from reid_jax import train
-  train.quiet_checkpoint_logs()
-  metrics = evaluate_workdir(_CONFIG.value, _WORKDIR.value, _NUM_RANKED.value)
-  print(f"{_CONFIG.value.model} on {_CONFIG.value.dataset}: {format_metrics(metrics)}")
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-  from ml_collections import config_flags
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "The config the workdir was trained with.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by reid_jax.main.")
-  _NUM_RANKED = flags.DEFINE_integer("num_ranked_queries", 8, "Queries in the ranked-list figure.")
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)

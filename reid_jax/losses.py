@@ -1,37 +1,40 @@
 """Losses as pure functions of arrays.
 
-Every network's training objective (see `reid_jax.models.get_loss`) is assembled
-from these.
+Per-example losses return one value per example (the caller reduces, so masking
+and weighting stay outside); weight regularisers return a scalar. Every network's
+training objective (`reid_jax.models.get_loss`) is assembled from these.
 """
 import jax
 import jax.numpy as jnp
 import optax
 
 
-def cross_entropy(logits, labels, label_smoothing=0.0):
-  """Mean softmax cross-entropy with integer labels.
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Softmax cross-entropy per example.
 
-  With `label_smoothing` = eps the target is (1 - eps) on the true class plus
-  eps / C on every class (Szegedy et al., 2016), as in torchreid's
+  logits: [..., C]; labels: integer class indices broadcastable to logits.shape[:-1].
+  Returns [...]. With `label_smoothing` = eps the target is (1 - eps) on the true
+  class plus eps / C on every class (Szegedy et al., 2016), as in torchreid's
   `CrossEntropyLoss(label_smooth=True)`.
   """
   logits = logits.astype(jnp.float32)
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets).mean()
+  labels = jnp.broadcast_to(labels, logits.shape[:-1])
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype),
+                                label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
-def identity_softmax_loss(outputs, labels, label_smoothing=0.0):
-  """The objective of a network with one identity classifier: cross-entropy on
-  `outputs['logits']`."""
-  ce = cross_entropy(outputs["logits"], labels, label_smoothing)
+def identity_loss(outputs, batch, params, label_smoothing=0.0):
+  """The objective of identity-classification networks (MLFN, the IDE ResNet):
+  softmax cross-entropy of every head of `outputs['logits']` [H, B, C], averaged
+  over the batch and summed over the heads."""
+  del params
+  ce = cross_entropy(outputs["logits"], batch["label"], label_smoothing).mean(axis=-1).sum()
   return ce, {"cross_entropy": ce}
 
 
-def pairwise_distances(x, y, metric="euclidean"):
-  """[N, M] distances between the rows of `x` and `y`.
+def pairwise_distances(x: jax.Array, y: jax.Array, metric: str = "euclidean") -> jax.Array:
+  """[N, M] distances between the rows of `x` [N, D] and `y` [M, D].
 
   'euclidean': ||x - y||_2 (clamped at 1e-12 under the root so the gradient stays
   finite at zero); 'cosine': 1 - cos(x, y).
@@ -47,18 +50,46 @@ def pairwise_distances(x, y, metric="euclidean"):
   raise ValueError(f"Unknown triplet metric {metric!r}; use 'euclidean' or 'cosine'.")
 
 
-def batch_hard_triplet(features, labels, margin=0.3, metric="euclidean", soft_margin=False):
-  """Batch-hard triplet loss (Hermans et al., 2017; MGN Eq. 2), mean over anchors.
+def batch_hard_triplet(features: jax.Array, labels: jax.Array, margin: float = 0.3,
+                       metric: str = "euclidean", soft_margin: bool = False) -> jax.Array:
+  """Batch-hard triplet loss per anchor (Hermans et al., 2017; MGN Eq. 2).
 
-  Each anchor takes its farthest positive and closest negative in the batch;
-  the loss is [margin + d(a, p) - d(a, n)]_+, or softplus(d(a, p) - d(a, n))
-  with `soft_margin` (the margin is then unused). An anchor without any
-  negative in the batch contributes 0.
+  features: [B, D]; labels: [B]. Returns [B]. Each anchor takes its farthest
+  positive and closest negative in the batch; its loss is
+  [margin + d(a, p) - d(a, n)]_+, or softplus(d(a, p) - d(a, n)) with
+  `soft_margin` (the margin is then unused). An anchor without any negative in
+  the batch gets 0.
   """
   distances = pairwise_distances(features, features, metric)
   same = labels[:, None] == labels[None, :]
   hardest_positive = jnp.max(jnp.where(same, distances, -jnp.inf), axis=1)
   hardest_negative = jnp.min(jnp.where(same, jnp.inf, distances), axis=1)
   gap = hardest_positive - hardest_negative
-  per_anchor = jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
-  return per_anchor.mean()
+  return jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
+
+
+def group_lasso(kernel: jax.Array) -> jax.Array:
+  """l2,1 norm of a dense kernel over its input dimensions (JLML Eq. 1).
+
+  kernel: [d_in, d_out] (Flax layout: W_G transposed). Returns the scalar
+  sum_i ||w^i||_2, where w^i [d_out] are the weights leaving input dimension i:
+  the penalty switches whole input features off. A zero group has gradient 0.
+  """
+  return jnp.sum(optax.safe_norm(kernel.astype(jnp.float32), 0.0, axis=1))
+
+
+def exclusive_group_lasso(kernel: jax.Array, num_groups: int) -> jax.Array:
+  """l1,2 exclusive group LASSO of a dense kernel (JLML Eq. 2).
+
+  kernel: [m * d_l, d_out], its inputs the concatenation of `num_groups` = m
+  blocks of d_l (the local stripes). Returns the scalar
+  sum_i sum_j ||w_{l,j}^i||_1^2: per output i and block j the squared L1 norm of
+  the weights from block j to output i, so the blocks compete within each output.
+  A zero weight has gradient 0.
+  """
+  d_in, d_out = kernel.shape
+  if d_in % num_groups:
+    raise ValueError(f"A kernel of {d_in} inputs does not split into {num_groups} groups.")
+  blocks = kernel.astype(jnp.float32).reshape(num_groups, d_in // num_groups, d_out)
+  # sign(w) * w is |w| with the subgradient 0 at w = 0 (jnp.abs's is 1 there).
+  return jnp.sum(jnp.sum(jnp.sign(blocks) * blocks, axis=1) ** 2)

@@ -1,4 +1,8 @@
-"""Trains and evaluates a network: `python -m reid_jax.main --config=configs/mlfn.py --workdir=...`."""
+"""Trains and evaluates a network: `python -m reid_jax.main --config=configs/mlfn.py --workdir=...`.
+
+`--mode=evaluate` re-evaluates the latest checkpoint of the workdir instead
+(with e.g. `--config.eval.rerank=True`) and writes reports to `<workdir>/eval/`.
+"""
 import sys
 
 from absl import app, flags, logging
@@ -6,9 +10,27 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlfn.py[:synthetic].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
+                          "train: train (or resume) and evaluate; evaluate: re-evaluate the "
+                          "latest checkpoint of --workdir.")
+_NUM_RANKED = flags.DEFINE_integer("num_ranked_queries", 8,
+                                   "--mode=evaluate: queries in the ranked-list figure.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-host: call jax.distributed.initialize() (cluster auto-detection).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _parse_flags(argv):
+  """absl flag parsing; an override of a key the config lacks names the keys it has."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    from reid_jax import config_schema
+    override = next((a for a in argv[1:] if a.startswith("--config.")
+                     and config_schema.unknown_override(argv, a)), None)
+    if override is None:
+      raise
+    sys.exit(f"error: {config_schema.unknown_override(argv, override)}")
 
 
 def main(argv):
@@ -19,16 +41,23 @@ def main(argv):
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()
-  from reid_jax import evaluate, train
+  from reid_jax import checkpoints, config_schema, evaluate, train
   from reid_jax.data import market_layout
-  train.quiet_checkpoint_logs()
+  checkpoints.quiet_logs()
+  config = _CONFIG.value
   try:
-    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    if _MODE.value == "evaluate":
+      metrics = evaluate.evaluate_workdir(config, _WORKDIR.value, _NUM_RANKED.value)
+      print(f"{config.model} on {config.dataset}: {evaluate.format_metrics(metrics)}")
+      return
+    metrics = train.train_and_evaluate(config, _WORKDIR.value)
   except market_layout.DatasetNotFoundError as e:
     sys.exit(f"error: {e}\nWith reid_jax.main, --config.manual_dir=DIR names that folder.")
+  except config_schema.ConfigError as e:
+    sys.exit(f"error: {e}")
   logging.info("Final: %s", evaluate.format_metrics(metrics))
-  print(f"Final evaluation on {_CONFIG.value.dataset}: {evaluate.format_metrics(metrics)}")
+  print(f"Final evaluation on {config.dataset}: {evaluate.format_metrics(metrics)}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,7 +1,8 @@
 """The optax optimiser and learning-rate schedule a config names.
 
 Epoch-based settings (`lr_decay_epochs`, `warmup_epochs`, `num_epochs`) count an
-epoch as len(train split) / batch size steps, as torchreid and fast-reid do.
+epoch as len(train split) / batch size steps, as torchreid and fast-reid do;
+`lr_decay_steps` gives the decays in iterations instead (JLML's Table 4).
 """
 import optax
 
@@ -11,8 +12,8 @@ def learning_rate_schedule(config, steps_per_epoch, total_steps):
   if config.lr_schedule == "constant":
     schedule = optax.constant_schedule(base)
   elif config.lr_schedule == "step":
-    boundaries = {int(round(e * steps_per_epoch)): config.lr_decay_factor
-                  for e in config.lr_decay_epochs}
+    steps = [int(round(e * steps_per_epoch)) for e in config.lr_decay_epochs]
+    boundaries = {s: config.lr_decay_factor for s in steps + list(config.lr_decay_steps)}
     schedule = optax.piecewise_constant_schedule(base, boundaries)
   else:  # cosine
     schedule = optax.cosine_decay_schedule(base, total_steps)

@@ -4,16 +4,19 @@
 (with torch installed) `.pth` state dict with torchvision's parameter names
 (`conv1.weight`, `bn1.running_mean`, `layer1.0.downsample.0.weight`, ...; timm's
 resnet50 uses the same) and writes it into every place where `model_name` embeds
-the backbone: parameters and the BatchNorm running statistics. MGN's three
-branches each receive the same layer3[1:] and layer4 (MGN Sec. 4.1). The
-classifier `fc.*` and `num_batches_tracked` are ignored; any other name or shape
-that does not match is an error that lists them all.
+the backbone (its `NetworkSpec.imagenet_layout`): parameters and the BatchNorm
+running statistics. MGN's three branches each receive the same layer3[1:] and
+layer4 (MGN Sec. 4.1). The classifier `fc.*` and `num_batches_tracked` are
+ignored; any other name or shape that does not match is an error that lists them
+all.
 """
 import os
 
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
+
+from reid_jax import models
 
 # Torch modules -> Flax module names (`reid_jax.models.resnet` mirrors the rest).
 _DOWNSAMPLE = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}
@@ -22,25 +25,6 @@ _LEAVES = {("params", "kernel"): "weight", ("params", "scale"): "weight",
            ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
            ("batch_stats", "var"): "running_var"}
 _MAX_LISTED = 30
-
-
-def _resnet50_layout(params):
-  del params
-  return [(("backbone",), ())]
-
-
-def _mgn_layout(params):
-  branches = sorted(name for name, module in params.items() if "layer4" in module)
-  layout = [(("backbone",), ())]
-  for branch in branches:
-    layout += [((branch, "layer3"), ("layer3",)), ((branch, "layer4"), ("layer4",))]
-  return layout
-
-
-# Per registry name: a function of the params tree giving (Flax module prefix,
-# torchvision module prefix) pairs; under each Flax prefix every leaf comes from
-# the weights file.
-LAYOUTS = {"resnet50": _resnet50_layout, "mgn": _mgn_layout}
 
 
 def read_state_dict(path):
@@ -90,10 +74,12 @@ def _torch_shape(shape, leaf):
 
 def _plan(variables, model_name):
   """{torchvision name: [flat Flax keys]} for every backbone leaf of the model."""
-  if model_name not in LAYOUTS:
+  layout_fn = models.get_spec(model_name).imagenet_layout
+  if layout_fn is None:
+    with_layout = [n for n in models.names() if models.get_spec(n).imagenet_layout]
     raise ValueError(f"Model {model_name!r} has no ImageNet backbone to load; "
-                     f"pretrained weights exist for {sorted(LAYOUTS)}.")
-  layout = LAYOUTS[model_name](variables["params"])
+                     f"pretrained weights exist for {with_layout}.")
+  layout = layout_fn(variables["params"])
   plan = {}
   for key in traverse_util.flatten_dict(variables):
     collection, *module_path, leaf = key

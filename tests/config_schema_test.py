@@ -1,10 +1,11 @@
 """Config validation: every shipped config is valid; a bad value names its key."""
 import importlib.util
+import inspect
 import os
 
 import pytest
 
-from reid_jax import config_schema
+from reid_jax import config_schema, metrics, models
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -16,10 +17,10 @@ def _load(name):
   return module
 
 
-mlfn, mgn = _load("mlfn"), _load("mgn")
+mlfn, mgn, jlml = _load("mlfn"), _load("mgn"), _load("jlml")
 
 
-@pytest.mark.parametrize("module", [mlfn, mgn])
+@pytest.mark.parametrize("module", [mlfn, mgn, jlml])
 @pytest.mark.parametrize("arg", [None, "synthetic"])
 def test_shipped_configs_are_valid(module, arg):
   config_schema.validate(module.get_config(arg))
@@ -35,8 +36,11 @@ def test_unknown_config_argument_is_an_error():
     ("optimizer", "adagrad", r"config.optimizer='adagrad'"),
     ("image_size", (256,), r"config.image_size=\(256,\)"),
     ("p_identities", 1, r"config.p_identities=1: batch-hard mining"),
-    ("metric", "l1", r"config.metric='l1'"),
-    ("query_pooling", "median", r"config.query_pooling='median'"),
+    ("eval.metric", "l1", r"config.eval.metric='l1'"),
+    ("eval.query_pooling", "median", r"config.eval.query_pooling='median'"),
+    ("eval.k1", 0, r"config.eval.k1=0: must be a positive integer"),
+    ("sampler", "triplets", r"config.sampler='triplets': must be one of \('pk', 'random'\)"),
+    ("init_from", "/nonexistent/run", r"config.init_from='/nonexistent/run': No checkpoint at"),
     ("loss.triplet_margin", -1.0, r"config.loss.triplet_margin=-1.0"),
     ("loss.triplet_metric", "l1", r"config.loss.triplet_metric='l1'"),
     ("augment.random_erasing", 1.5, r"config.augment.random_erasing=1.5"),
@@ -57,4 +61,54 @@ def test_pretrained_weights_need_a_backbone(tmp_path):
   config = mlfn.get_config()
   config.pretrained = str(tmp_path / "w.npz")
   with pytest.raises(ValueError, match="model 'mlfn' has no ImageNet backbone"):
+    config_schema.validate(config)
+
+
+def test_loss_group_is_the_loss_signature_and_a_foreign_key_names_the_accepted_ones():
+  config = mlfn.get_config("synthetic")
+  assert dict(config.loss) == models.get_spec("mlfn").loss_defaults() == {"label_smoothing": 0.0}
+  assert sorted(jlml.get_config().loss) == ["label_smoothing", "lambda_global", "lambda_local"]
+  config.loss.triplet_margin = 0.5          # an MGN key on MLFN
+  with pytest.raises(config_schema.ConfigError,
+                     match=r"config.loss.triplet_margin=0.5: mlfn's loss takes no 'triplet_margin'; "
+                           r"it accepts \['label_smoothing'\]"):
+    config_schema.validate(config)
+
+
+def test_eval_group_is_the_evaluators_keyword_arguments():
+  params = inspect.signature(metrics.evaluate_features).parameters
+  keywords = [k for k, p in params.items() if p.default is not inspect.Parameter.empty]
+  config = config_schema.base_config("mlfn")
+  assert sorted(config.eval) == sorted(k for k in keywords if k != "return_details")
+  for key in config.eval:
+    assert config.eval[key] == params[key].default, key
+  config = mgn.get_config()
+  config.eval.rerank_k1 = 20
+  with pytest.raises(config_schema.ConfigError, match=r"config.eval.rerank_k1=20: evaluate_features "
+                                                      r"takes no 'rerank_k1'; it accepts \['metric'"):
+    config_schema.validate(config)
+
+
+def test_model_kwargs_are_the_modules_fields():
+  config = jlml.get_config("synthetic")
+  config.model_kwargs.groups = 8            # an MLFN field on JLML
+  with pytest.raises(config_schema.ConfigError,
+                     match=r"config.model_kwargs.groups=8: jlml takes no 'groups'; it takes "
+                           r"\['width', 'stage_blocks', 'stripes'\]"):
+    config_schema.validate(config)
+
+
+def test_pretrained_and_init_from_exclude_each_other(tmp_path):
+  config = mgn.get_config()
+  weights = tmp_path / "w.npz"
+  weights.write_bytes(b"")
+  config.pretrained, config.init_from = str(weights), str(tmp_path)
+  with pytest.raises(config_schema.ConfigError, match="set either it or config.pretrained"):
+    config_schema.validate(config)
+
+
+def test_lr_decay_in_steps_or_epochs_not_both():
+  config = jlml.get_config()
+  config.lr_decay_epochs = (10,)
+  with pytest.raises(config_schema.ConfigError, match="config.lr_decay_steps=.*not both"):
     config_schema.validate(config)

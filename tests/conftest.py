@@ -28,8 +28,7 @@ def synthetic_data_dir(tmp_path_factory):
 @pytest.fixture
 def tiny_mlfn_config(synthetic_data_dir):
   """A seconds-per-step MLFN training config on synthetic_reid/small."""
-  c = config_schema.base_config()
-  c.model = "mlfn"
+  c = config_schema.base_config("mlfn")
   c.model_kwargs = dict(width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=32)
   c.dataset = "synthetic_reid/small"
   c.data_dir = synthetic_data_dir

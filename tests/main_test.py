@@ -3,12 +3,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*flags, module="reid_jax.main"):
-  return subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT,
+def _main(*flags):
+  return subprocess.run([sys.executable, "-m", "reid_jax.main", *flags], cwd=ROOT,
                         capture_output=True, text=True, timeout=900)
 
 
@@ -30,7 +31,8 @@ def test_synthetic_quick_start_trains_and_reports_then_reevaluates(tmp_path, syn
            f"--config.data_dir={synthetic_data_dir}", "--config.num_train_steps=6")
   run = _main(*flags, "--config.log_every_steps=3", "--config.eval_every_steps=0")
   assert run.returncode == 0, run.stderr[-3000:]
-  assert "step 3/6 | loss" in run.stderr and "images/s | ETA" in run.stderr
+  assert "(3/6), ETA" in run.stderr and "steps/s" in run.stderr   # clu's ReportProgress
+  assert "[3] cross_entropy=" in run.stderr and "loss=" in run.stderr
   assert "Final evaluation on synthetic_reid/small: rank-1" in run.stdout
   with open(workdir / "metrics.json") as f:
     metrics = json.load(f)
@@ -39,13 +41,25 @@ def test_synthetic_quick_start_trains_and_reports_then_reevaluates(tmp_path, syn
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
 
   # Re-evaluation of the checkpoint with re-ranking and multi-query.
-  run = _main(*flags, "--config.rerank=True", "--config.query_pooling=mean",
-              "--num_ranked_queries=3", module="reid_jax.evaluate")
+  run = _main(*flags, "--mode=evaluate", "--config.eval.rerank=True",
+              "--config.eval.query_pooling=mean", "--num_ranked_queries=3")
   assert run.returncode == 0, run.stderr[-3000:]
   assert "mlfn on synthetic_reid/small: rank-1" in run.stdout
   with open(workdir / "eval" / "step6_mq-mean_rerank.json") as f:
     report = json.load(f)
-  assert report["rerank"] and report["query_pooling"] == "mean" and report["step"] == 6
+  assert report["eval"]["rerank"] and report["eval"]["query_pooling"] == "mean"
+  assert report["step"] == 6
   for suffix in ("cmc", "ranked"):
     with open(workdir / "eval" / f"step6_mq-mean_rerank_{suffix}.png", "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_loss_key_the_network_lacks_fails_at_once_naming_the_accepted_ones(tmp_path):
+  start = time.monotonic()
+  run = _main("--config=configs/mlfn.py:synthetic", f"--workdir={tmp_path / 'w'}",
+              "--config.loss.triplet_margin=0.5")
+  assert time.monotonic() - start < 10 and run.returncode == 1
+  assert ("--config.loss.triplet_margin: config.loss has no key 'triplet_margin'; it accepts "
+          "['label_smoothing'] (the keyword arguments of mlfn's loss)") in run.stderr
+  assert "Traceback" not in run.stderr
+  assert not os.path.exists(tmp_path / "w")

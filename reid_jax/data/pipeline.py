@@ -1,6 +1,7 @@
 """tf.data input pipelines over the tfds re-ID datasets.
 
-Training: identity-balanced P x K batches (`samplers.PKSampler`), decoded, resized,
+Training: identity-balanced P x K batches (`samplers.PKSampler`) or random
+batches (`samplers.RandomSampler`, `config.sampler='random'`), decoded, resized,
 flipped, pad-and-cropped, ImageNet-normalised and randomly erased. Evaluation:
 every image once, in split order, in fixed-size batches whose padding is masked by
 `valid`. Both split each global batch across processes (multi-host): process i
@@ -73,8 +74,15 @@ def _local_rows(global_batch, shard):
   return slice(index * local, (index + 1) * local), local
 
 
+def train_sampler(split, config):
+  """The batch sampler `config.sampler` names over `split`."""
+  if config.sampler == "random":
+    return samplers.RandomSampler(len(split), config.batch_size, config.seed)
+  return samplers.PKSampler(split.labels, config.p_identities, config.k_instances, config.seed)
+
+
 def train_dataset(split, config, start_step=0, shard=None):
-  """This process's share of the P x K batches from `start_step` on.
+  """This process's share of the training batches from `start_step` on.
 
   `shard` = (process index, process count) defaults to this JAX process's.
 
@@ -82,8 +90,8 @@ def train_dataset(split, config, start_step=0, shard=None):
   dataset has person masks, `mask` [b, H, W, 1] float32 in [0, 1].
   """
   size = tuple(config.image_size)
-  global_batch = config.p_identities * config.k_instances
-  sampler = samplers.PKSampler(split.labels, config.p_identities, config.k_instances, config.seed)
+  sampler = train_sampler(split, config)
+  global_batch = sampler.batch_size
   rows, local = _local_rows(global_batch, shard)
   has_mask = split.masks is not None
 

@@ -1,6 +1,6 @@
 """Retrieval metrics: distances, CMC / mAP / mINP, CUHK03 single-shot, multi-query, re-ranking.
 
-See DESIGN.md, "Evaluation protocol".
+The protocol is described in README.md, "Evaluation".
 """
 from reid_jax.metrics.distance import METRICS, pairwise_distance
 from reid_jax.metrics.evaluation import PROTOCOLS, evaluate_features, evaluate_rank

@@ -1,6 +1,6 @@
 """Retrieval evaluation: CMC, mAP and mINP from a distance matrix or from features.
 
-Protocols (DESIGN.md, "Evaluation protocol"): `market` (Market-1501 / DukeMTMC /
+Protocols (README.md, "Evaluation"): `market` (Market-1501 / DukeMTMC /
 MSMT17: every valid gallery item ranked) and `cuhk03` (classic single-shot CMC,
 see `cuhk03.py`; AP and mINP as for `market`). AP is the mean precision at each
 true match (torchreid's `eval_market1501`), mINP the mean of

@@ -1,6 +1,6 @@
 """Ranks of each query's true matches, without sorting the gallery.
 
-Market-1501 protocol (DESIGN.md, "Evaluation protocol"): gallery items with the
+Market-1501 protocol (README.md, "Evaluation"): gallery items with the
 query's identity and camera, and junk items (id -1), are removed; equal
 distances keep gallery order (as a stable argsort does). CMC needs the rank of
 the first true match and AP / mINP the ranks of all of them, so instead of an

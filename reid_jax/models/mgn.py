@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from reid_jax import losses
 from reid_jax.models import resnet
 from reid_jax.models.layers import batch_norm, classifier
+from reid_jax.models.spec import NetworkSpec
 
 # Kaiming-normal (fan_in) for the reductions, as MGN-pytorch initialises them.
 reduction_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -78,7 +79,7 @@ class MGN(nn.Module):
   `width` scales every channel count (the 256-d reductions included) and
   `stage_blocks` the ResNet depth, for tiny variants on the same code path.
   Outputs: `'embedding'` (8 x 256 reduced features concatenated),
-  `'triplet_features'` [3, B, 256] (f_g of each branch) and, with classes,
+  `'metric_features'` [3, B, 256] (f_g of each branch) and, with classes,
   `'logits'` [8, B, C]: the three 2048-d globals z_g first, then the five
   256-d parts f_p (Sec. 3.2).
   """
@@ -107,7 +108,7 @@ class MGN(nn.Module):
     reduced_globals = [f.astype(jnp.float32) for f in reduced_globals]
     reduced_parts = [f.astype(jnp.float32) for f in reduced_parts]
     outputs = {"embedding": jnp.concatenate(reduced_globals + reduced_parts, axis=-1),
-               "triplet_features": jnp.stack(reduced_globals)}
+               "metric_features": jnp.stack(reduced_globals)}
     if self.num_classes:
       # Each supervised feature has its own identity classifier (Fig. 3).
       outputs["logits"] = jnp.stack([
@@ -116,13 +117,27 @@ class MGN(nn.Module):
     return outputs
 
 
-def loss(outputs, labels, label_smoothing=0.0, triplet_margin=1.2,
+def loss(outputs, batch, params, label_smoothing=0.0, triplet_margin=1.2,
          triplet_metric="euclidean", soft_margin=False):
   """Sec. 3.2: softmax CE (Eq. 1) on every logit head plus batch-hard triplet
-  (Eq. 2) on every reduced global, summed as independent supervisory signals
-  (Fig. 3; the paper gives no weights)."""
-  ce = jnp.sum(jax.vmap(lambda l: losses.cross_entropy(l, labels, label_smoothing))(
-      outputs["logits"]))
+  (Eq. 2) on every reduced global, each averaged over the batch and summed as
+  independent supervisory signals (Fig. 3; the paper gives no weights)."""
+  del params
+  labels = batch["label"]
+  ce = losses.cross_entropy(outputs["logits"], labels, label_smoothing).mean(axis=-1).sum()
   triplet = jnp.sum(jax.vmap(lambda f: losses.batch_hard_triplet(
-      f, labels, triplet_margin, triplet_metric, soft_margin))(outputs["triplet_features"]))
+      f, labels, triplet_margin, triplet_metric, soft_margin).mean())(outputs["metric_features"]))
   return ce + triplet, {"cross_entropy": ce, "triplet": triplet}
+
+
+def imagenet_layout(params):
+  """The trunk is torchvision's stem, layer1-2 and layer3[0]; every branch
+  receives its own copy of layer3[1:] and layer4 (Sec. 4.1)."""
+  branches = sorted(name for name, module in params.items() if "layer4" in module)
+  layout = [(("backbone",), ())]
+  for branch in branches:
+    layout += [((branch, "layer3"), ("layer3",)), ((branch, "layer4"), ("layer4",))]
+  return layout
+
+
+SPEC = NetworkSpec(name="mgn", module=MGN, loss=loss, imagenet_layout=imagenet_layout)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from reid_jax import losses
 from reid_jax.models.layers import batch_norm, classifier, conv_init
+from reid_jax.models.spec import NetworkSpec
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 # FSM hidden widths per stage (torchreid `mlfn`).
@@ -61,7 +62,11 @@ class MLFNBlock(nn.Module):
 
 class MLFN(nn.Module):
   """MLFN for re-ID. `width` scales every channel count; `stage_blocks`, `groups`
-  and `embed_dim` give smaller variants (the paper's CIFAR net uses 9 blocks)."""
+  and `embed_dim` give smaller variants (the paper's CIFAR net uses 9 blocks).
+
+  Outputs: `'embedding'` R [B, embed_dim] and, with classes, `'logits'` [1, B, C];
+  the factor signature S_hat [B, 16 * groups] is sown as
+  `intermediates/factor_signature`."""
   num_classes: int
   width: float = 1.0
   stage_blocks: Sequence[int] = (3, 4, 6, 3)
@@ -89,6 +94,7 @@ class MLFN(nn.Module):
             groups=self.groups, dtype=self.dtype, name=f"block{stage + 1}_{b}")(x, train)
         signature.append(s)
     signature = jnp.concatenate(signature, axis=-1)  # S_hat, Eq. 5
+    self.sow("intermediates", "factor_signature", signature.astype(jnp.float32))
 
     def project(v, name):
       v = nn.Dense(self.embed_dim, use_bias=False, kernel_init=conv_init,
@@ -98,11 +104,11 @@ class MLFN(nn.Module):
     deep = project(jnp.mean(x, axis=(1, 2)), "fc_x")
     factor = project(signature, "fc_s")
     r = ((deep + factor) / 2).astype(jnp.float32)  # R, Eq. 6
-    outputs = {"embedding": r, "factor_signature": signature.astype(jnp.float32)}
+    outputs = {"embedding": r}
     if self.num_classes:
-      outputs["logits"] = classifier(self.num_classes, self.dtype)(r).astype(jnp.float32)
+      outputs["logits"] = classifier(self.num_classes, self.dtype)(r).astype(jnp.float32)[None]
     return outputs
 
 
 # Sec. 3.2: softmax cross-entropy on the identity logits of R.
-loss = losses.identity_softmax_loss
+SPEC = NetworkSpec(name="mlfn", module=MLFN, loss=losses.identity_loss)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from reid_jax import losses
 from reid_jax.models.layers import batch_norm, classifier, conv_init
+from reid_jax.models.spec import NetworkSpec
 
 STAGE_PLANES = (64, 128, 256, 512)
 EXPANSION = 4
@@ -32,17 +33,18 @@ def stage_stride(stage, last_stride=2):
 
 
 class Bottleneck(nn.Module):
-  """1x1 -> 3x3 (stride) -> 1x1 (x4) bottleneck with a residual shortcut."""
+  """1x1 -> 3x3 (stride) -> 1x1 (x `expansion`) bottleneck with a residual shortcut."""
   planes: int
   stride: int = 1
   dtype: Any = jnp.float32
+  expansion: int = EXPANSION
 
   @nn.compact
   def __call__(self, x, train):
     conv = lambda f, k, s, name: nn.Conv(
         f, (k, k), (s, s), padding=((k // 2, k // 2),) * 2, use_bias=False,
         kernel_init=conv_init, dtype=self.dtype, name=name)
-    out_channels = self.planes * EXPANSION
+    out_channels = self.planes * self.expansion
     y = nn.relu(batch_norm(train, self.dtype, "bn1")(conv(self.planes, 1, 1, "conv1")(x)))
     y = nn.relu(batch_norm(train, self.dtype, "bn2")(conv(self.planes, 3, self.stride, "conv2")(y)))
     y = batch_norm(train, self.dtype, "bn3")(conv(out_channels, 1, 1, "conv3")(y))
@@ -63,11 +65,12 @@ class ResNetStage(nn.Module):
   stride: int = 1
   start: int = 0
   dtype: Any = jnp.float32
+  expansion: int = EXPANSION
 
   @nn.compact
   def __call__(self, x, train):
     for i in range(self.start, self.num_blocks):
-      x = Bottleneck(self.planes, self.stride if i == 0 else 1, self.dtype,
+      x = Bottleneck(self.planes, self.stride if i == 0 else 1, self.dtype, self.expansion,
                      name=f"block{i}")(x, train)
     return x
 
@@ -117,9 +120,16 @@ class ResNet(nn.Module):
     pooled = jnp.mean(maps[f"layer{len(self.stage_blocks)}"], axis=(1, 2))
     outputs = {"embedding": pooled.astype(jnp.float32)}
     if self.num_classes:
-      outputs["logits"] = classifier(self.num_classes, self.dtype)(pooled).astype(jnp.float32)
+      outputs["logits"] = classifier(self.num_classes, self.dtype)(pooled).astype(jnp.float32)[None]
     return outputs
 
 
+def imagenet_layout(params):
+  """The whole backbone is torchvision's ResNet-50 (less `fc`)."""
+  del params
+  return [(("backbone",), ())]
+
+
 # The IDE baseline: softmax cross-entropy on the identity logits.
-loss = losses.identity_softmax_loss
+SPEC = NetworkSpec(name="resnet50", module=ResNet, loss=losses.identity_loss,
+                   imagenet_layout=imagenet_layout)

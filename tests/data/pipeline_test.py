@@ -66,6 +66,18 @@ def test_train_batches_are_p_by_k_and_normalised():
     np.testing.assert_allclose(image, np.broadcast_to(image[0, 0], image.shape), atol=1e-5)
 
 
+def test_random_sampler_batches_are_batch_size_images_in_sampler_order():
+  split = _split()
+  config = _config()
+  config.sampler, config.batch_size = "random", 8
+  batches = _take(pipeline.train_dataset(split, config), 3)
+  sampler = pipeline.train_sampler(split, config)
+  for step, batch in enumerate(batches):
+    assert batch["image"].shape == (8, H, W, 3)
+    np.testing.assert_array_equal([_pixel_index(im) for im in batch["image"]], sampler.batch(step))
+    np.testing.assert_array_equal(batch["label"], split.labels[sampler.batch(step)])
+
+
 def test_resuming_at_a_step_reproduces_the_same_batches():
   split = _split()
   config = _config(flip=True, pad=4, random_erasing=0.5)

@@ -57,3 +57,17 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 def test_too_few_identities_is_a_clear_error():
   with pytest.raises(ValueError, match="at least P=20 identities"):
     samplers.PKSampler(_labels(), p=20, k=2, seed=0)
+
+
+def test_random_batches_cover_each_image_once_per_epoch_and_depend_only_on_step():
+  sampler = samplers.RandomSampler(num_images=23, batch_size=5, seed=2)
+  assert sampler.batches_per_epoch == 4               # the last 3 images of a pass are dropped
+  epoch = np.concatenate([sampler.batch(s) for s in range(4)])
+  assert epoch.shape == (20,) and len(set(epoch)) == 20 and epoch.max() < 23
+  next_epoch = np.concatenate([sampler.batch(s) for s in range(4, 8)])
+  assert not np.array_equal(epoch, next_epoch)         # reshuffled every pass
+  again = samplers.RandomSampler(23, 5, seed=2)
+  np.testing.assert_array_equal(again.batch(6), sampler.batch(6))
+  assert not np.array_equal(samplers.RandomSampler(23, 5, seed=3).batch(6), sampler.batch(6))
+  with pytest.raises(ValueError, match="at least that many train images"):
+    samplers.RandomSampler(4, 5, seed=0)

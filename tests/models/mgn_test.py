@@ -28,7 +28,7 @@ def test_parameter_count_and_sizes_at_384x128():
   variables, outputs, intermediates = _full_shapes(0)
   assert _count(variables["params"]) == 68_807_744
   assert outputs["embedding"].shape == (2, 2048)
-  assert outputs["triplet_features"].shape == (3, 2, 256)
+  assert outputs["metric_features"].shape == (3, 2, 256)
   assert "logits" not in outputs
   maps = {name: v["feature_map"][0].shape for name, v in intermediates.items()}
   assert maps == {"global": (2, 12, 4, 2048), "part2": (2, 24, 8, 2048),
@@ -87,7 +87,7 @@ def tiny():
     def objective(p):
       outputs, updates = model.apply({"params": p, "batch_stats": batch_stats}, images,
                                      train=True, mutable=["batch_stats"])
-      return mgn.loss(outputs, labels)[0], (outputs, updates["batch_stats"])
+      return mgn.loss(outputs, {"label": labels}, p)[0], (outputs, updates["batch_stats"])
     (value, (outputs, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state, value, outputs
@@ -102,16 +102,16 @@ def test_loss_sums_eight_cross_entropies_and_three_triplets(tiny):
   value, outputs = step(*state)[3:]
   assert outputs["embedding"].shape == (8, 8 * 32)
   # The embedding is the reduced globals, then the parts.
-  np.testing.assert_array_equal(outputs["embedding"][:, :32], outputs["triplet_features"][0])
-  ce = sum(losses.cross_entropy(outputs["logits"][i], labels) for i in range(8))
-  triplet = sum(losses.batch_hard_triplet(outputs["triplet_features"][i], labels, 1.2)
+  np.testing.assert_array_equal(outputs["embedding"][:, :32], outputs["metric_features"][0])
+  ce = sum(losses.cross_entropy(outputs["logits"][i], labels).mean() for i in range(8))
+  triplet = sum(losses.batch_hard_triplet(outputs["metric_features"][i], labels, 1.2).mean()
                 for i in range(3))
   np.testing.assert_allclose(value, ce + triplet, rtol=1e-5)
-  total, parts = models.get_loss("mgn")(outputs, labels, label_smoothing=0.1,
+  total, parts = models.get_loss("mgn")(outputs, {"label": labels}, {}, label_smoothing=0.1,
                                         triplet_margin=0.5, triplet_metric="cosine")
-  ce = sum(losses.cross_entropy(outputs["logits"][i], labels, 0.1) for i in range(8))
-  triplet = sum(losses.batch_hard_triplet(outputs["triplet_features"][i], labels, 0.5, "cosine")
-                for i in range(3))
+  ce = sum(losses.cross_entropy(outputs["logits"][i], labels, 0.1).mean() for i in range(8))
+  triplet = sum(losses.batch_hard_triplet(
+      outputs["metric_features"][i], labels, 0.5, "cosine").mean() for i in range(3))
   np.testing.assert_allclose(parts["cross_entropy"], ce, rtol=1e-5)
   np.testing.assert_allclose(parts["triplet"], triplet, rtol=1e-5)
   np.testing.assert_allclose(total, ce + triplet, rtol=1e-5)

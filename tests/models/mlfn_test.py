@@ -26,18 +26,19 @@ def test_full_size_feature_shapes():
   model = models.get_model("mlfn", 751)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros((1, 256, 128, 3)), train=False))
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 256, 128, 3))), variables)
+  out, state = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((2, 256, 128, 3)), mutable=["intermediates"]), variables)
   assert out["embedding"].shape == (2, 1024)            # R, d = 1024
-  assert out["factor_signature"].shape == (2, 512)      # S_hat, K = 16 x 32
-  assert out["logits"].shape == (2, 751)
+  assert state["intermediates"]["factor_signature"][0].shape == (2, 512)  # S_hat, K = 16 x 32
+  assert out["logits"].shape == (1, 2, 751)
 
 
 def test_gates_are_sigmoid_outputs_in_unit_interval():
   model = models.get_model("mlfn", 5, **TINY)
   x = jax.random.normal(jax.random.key(1), (3, 64, 32, 3))
   variables = model.init(jax.random.key(0), x)
-  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  s = out["factor_signature"]
+  _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"])
+  (s,) = state["intermediates"]["factor_signature"]
   assert s.shape == (3, 8 * 5)
   assert ((s > 0) & (s < 1)).all()
 
@@ -106,12 +107,12 @@ def test_forward_matches_torchreid_layout_in_pytorch():
   logits, embedding = _torch_mlfn(torch.tensor(x).permute(0, 3, 1, 2), variables["params"],
                                   stats, TINY["stage_blocks"], TINY["groups"])
   np.testing.assert_allclose(out["embedding"], embedding.numpy(), rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(out["logits"], logits.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(out["logits"][0], logits.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_loss_is_cross_entropy_of_the_identity_logits():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
-  total, parts = mlfn.loss({"logits": logits}, jnp.array([0, 2]))
+  total, parts = mlfn.SPEC.loss({"logits": logits[None]}, {"label": jnp.array([0, 2])}, {})
   expected = -np.mean([np.log(np.exp(2) / (np.exp(2) + 1 + np.exp(-1))),
                        np.log(1 / (2 + np.e))])
   np.testing.assert_allclose(total, expected, rtol=1e-6)

@@ -61,9 +61,9 @@ def test_tiny_forward_and_batch_stats_update():
   outputs, updates = jax.jit(
       lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, images)
   assert outputs["embedding"].shape == (4, 256)
-  assert outputs["logits"].shape == (4, 5)
+  assert outputs["logits"].shape == (1, 4, 5)
   before = variables["batch_stats"]["backbone"]["bn1"]["mean"]
   after = updates["batch_stats"]["backbone"]["bn1"]["mean"]
   assert not np.allclose(before, after)
-  value, _ = resnet.loss(outputs, jnp.array([0, 1, 2, 3]))
+  value, _ = resnet.SPEC.loss(outputs, {"label": jnp.array([0, 1, 2, 3])}, variables["params"])
   assert np.isfinite(value)

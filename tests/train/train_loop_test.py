@@ -7,7 +7,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from reid_jax import config_schema, models, optimizers, train
+from reid_jax import config_schema, models, optimizers, sharding, train
 
 
 def _final_params(workdir):
@@ -35,21 +35,22 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_mlfn_config):
   with open(os.path.join(resumed, "metrics.json")) as f:
     metrics = json.load(f)
   assert metrics["step"] == 4 and 0 <= metrics["mAP"] <= 1
-  assert len(metrics["cmc"]) == tiny_mlfn_config.max_rank
+  assert len(metrics["cmc"]) == tiny_mlfn_config.eval.max_rank
   assert sorted(os.listdir(os.path.join(resumed, "eval"))) == ["metrics_2.json", "metrics_4.json"]
 
 
 def test_loss_goes_down_on_a_repeated_batch():
-  config = config_schema.base_config()
+  config = config_schema.base_config("mlfn")
   config.image_size = (64, 32)
   model = models.get_model("mlfn", 4, width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=32)
-  mesh = train.create_mesh()
+  mesh = sharding.create_mesh()
+  variables = train.init_variables(config, model, jax.random.key(0))
   state = jax.device_put(
-      train.init_state(config, model, optimizers.create_optimizer(config, 5e-3), jax.random.key(0)),
-      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  step = train.compile_train_step(mesh, models.get_loss("mlfn"), {})
+      train.state_from_variables(model, variables, optimizers.create_optimizer(config, 5e-3)),
+      sharding.replicated(mesh))
+  step = train.compile_train_step(mesh, models.get_spec("mlfn"), {})
   rng = np.random.default_rng(0)
-  batch = train.global_batch(mesh, {"image": rng.normal(size=(8, 64, 32, 3)).astype(np.float32),
+  batch = sharding.global_batch(mesh, {"image": rng.normal(size=(8, 64, 32, 3)).astype(np.float32),
                                     "label": np.repeat(np.arange(4), 2).astype(np.int32)})
   losses = []
   for _ in range(20):

@@ -1,0 +1,143 @@
+"""Checkpoints: orbax managers, resuming, evaluation restores and `init_from`.
+
+A workdir keeps its checkpoints in `<workdir>/checkpoints/<step>/` (orbax
+`CheckpointManager`: atomic, the latest `keep` kept). Each holds the whole train
+state: `step`, `params`, `opt_state`, `batch_stats`. Evaluation and `init_from`
+read only `params` and `batch_stats`, so they need no optimiser.
+"""
+import dataclasses
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import traverse_util
+
+from reid_jax import sharding
+
+_ITEM = "default"  # the item name a single-item CheckpointManager writes
+_MAX_LISTED = 20
+
+
+def quiet_logs():
+  """orbax logs every save and restore step by step at INFO: keep the log to ours."""
+  logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
+
+
+def manager(workdir, keep=3):
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def restore_latest(ckpt_manager, state, mesh):
+  """`state` replaced by the latest checkpoint of `ckpt_manager`, if there is one."""
+  step = ckpt_manager.latest_step()
+  if step is None:
+    return state
+  replicated = sharding.replicated(mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+  logging.info("Resuming from checkpoint at step %d.", step)
+  return ckpt_manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+
+def find(path):
+  """(step directory, step) of the checkpoint `path` names: a workdir (its latest
+  checkpoint), its `checkpoints/` folder (the latest), or one `checkpoints/<step>`."""
+  path = os.path.abspath(path)
+  candidates = [os.path.join(path, "checkpoints"), path]
+  for folder in candidates:
+    if os.path.isdir(os.path.join(folder, _ITEM)) and os.path.basename(folder).isdigit():
+      return folder, int(os.path.basename(folder))
+    if os.path.isdir(folder):
+      step = ocp.CheckpointManager(folder).latest_step()
+      if step is not None:
+        return os.path.join(folder, str(step)), step
+  raise FileNotFoundError(
+      f"No checkpoint at {path}: name a workdir written by reid_jax.main, its "
+      "checkpoints/ folder or one checkpoints/<step> folder.")
+
+
+def read_variables(step_dir, mesh, like=None):
+  """{'params', 'batch_stats'} of the checkpoint in `step_dir`, replicated on `mesh`.
+
+  `like` (variables or their `jax.eval_shape`) gives the tree to restore into;
+  without it the checkpoint's own tree is read. The optimiser state is not read.
+  """
+  checkpointer = ocp.PyTreeCheckpointer()
+  item = os.path.join(step_dir, _ITEM)
+  if like is None:
+    metadata = checkpointer.metadata(item).item_metadata.tree
+    like = {k: metadata[k] for k in ("params", "batch_stats") if k in metadata}
+  else:
+    like = {k: like[k] for k in ("params", "batch_stats") if k in like}
+  replicated = sharding.replicated(mesh)
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), like)
+  return checkpointer.restore(item, args=ocp.args.PyTreeRestore(
+      item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+      partial_restore=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class InitReport:
+  """What `init_from` did, by flattened variable name ('params/global_fc/dense/kernel')."""
+  source: str
+  loaded: tuple
+  fresh: tuple       # in the new network only: kept as initialised
+  skipped: tuple     # classifiers whose class count differs: kept as initialised
+  unused: tuple      # in the checkpoint only
+
+  def summary(self):
+    def listing(title, names):
+      if not names:
+        return ""
+      more = f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+      return f"\n  {title} ({len(names)}): " + ", ".join(names[:_MAX_LISTED]) + more
+    return (f"init_from {self.source}: loaded {len(self.loaded)} arrays"
+            + listing("not loaded, not in the checkpoint", self.fresh)
+            + listing("not loaded, class count differs", self.skipped)
+            + listing("in the checkpoint but unused", self.unused))
+
+
+def _is_classifier(key):
+  return any(part.startswith("classifier") for part in key)
+
+
+def init_from(variables, path, mesh):
+  """`variables` with every array of the same name and shape read from the
+  checkpoint `path` (see `find`), and the report of what was (not) loaded.
+
+  Identity classifiers (modules named `classifier*`) whose class count differs
+  keep their fresh initialisation; any other shape mismatch is an error listing
+  them all, since it means the checkpoint is of another architecture or width.
+  """
+  step_dir, _ = find(path)
+  source = traverse_util.flatten_dict(read_variables(step_dir, mesh), sep="/")
+  target = traverse_util.flatten_dict(variables)
+  loaded, fresh, skipped, mismatched = [], [], [], []
+  for key, value in target.items():
+    name = "/".join(key)
+    if name not in source:
+      fresh.append(name)
+    elif source[name].shape == value.shape:
+      target[key] = source[name].astype(value.dtype)
+      loaded.append(name)
+    elif _is_classifier(key):
+      skipped.append(name)
+    else:
+      mismatched.append(f"{name}: checkpoint {source[name].shape}, network {value.shape}")
+  if mismatched:
+    more = len(mismatched) - _MAX_LISTED
+    raise ValueError(f"the checkpoint {step_dir} does not fit the network ({len(mismatched)} "
+                     "shape mismatches outside the classifiers):\n  "
+                     + "\n  ".join(mismatched[:_MAX_LISTED])
+                     + (f"\n  ... and {more} more" if more > 0 else ""))
+  if not loaded:
+    raise ValueError(f"no variable name of the checkpoint {step_dir} matches the network; "
+                     f"it holds e.g. {sorted(source)[:5]}.")
+  names = {"/".join(k) for k in target}
+  report = InitReport(step_dir, tuple(loaded), tuple(fresh), tuple(skipped),
+                      tuple(sorted(set(source) - names)))
+  return traverse_util.unflatten_dict(target), report
