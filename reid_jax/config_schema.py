@@ -14,6 +14,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from reid_jax import checkpoints, metrics, models
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
@@ -88,7 +90,6 @@ def base_config(model=""):
 def _loss_defaults(model):
   if not model:
     return {}
-  from reid_jax import models  # late: models import jax and flax
   return models.get_spec(model).loss_defaults()
 
 
@@ -102,7 +103,6 @@ def _fail(key, value, why):
 
 
 def _validate_network(config):
-  from reid_jax import models
   if config.model not in models.names():
     _fail("model", config.model, f"must be one of {models.names()}")
   spec = models.get_spec(config.model)
@@ -130,7 +130,6 @@ def _validate_network(config):
 
 
 def _validate_eval(config):
-  from reid_jax import metrics
   accepted = list(inspect.signature(metrics.evaluate_features).parameters)
   accepted = [k for k in accepted if k not in _EVAL_DATA_ARGS + ("return_details",)]
   for key in config.eval:
@@ -153,14 +152,12 @@ def _validate_weights(config, spec):
           "set either it or config.pretrained: a checkpoint replaces the ImageNet weights")
   if config.pretrained:
     if spec.imagenet_layout is None:
-      from reid_jax import models
       with_layout = [n for n in models.names() if models.get_spec(n).imagenet_layout]
       _fail("pretrained", config.pretrained,
             f"model {config.model!r} has no ImageNet backbone; weights load into {with_layout}")
     if not os.path.isfile(config.pretrained):
       _fail("pretrained", config.pretrained, "no such file")
   if config.init_from:
-    from reid_jax import checkpoints
     try:
       checkpoints.find(config.init_from)
     except FileNotFoundError as e:

@@ -14,6 +14,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 from jax.experimental import multihost_utils
@@ -149,7 +150,7 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8):
                             "train first with `python -m reid_jax.main`.") from None
   dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
   query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
-  model = models.get_model(config.model, 0, dtype=jax.numpy.dtype(config.dtype),
+  model = models.get_model(config.model, 0, dtype=jnp.dtype(config.dtype),
                            **config.model_kwargs)
   spec = models.get_spec(config.model)
   abstract = jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))

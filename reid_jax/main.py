@@ -8,6 +8,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from reid_jax import config_schema
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlfn.py[:synthetic].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
@@ -24,8 +26,7 @@ def _parse_flags(argv):
   """absl flag parsing; an override of a key the config lacks names the keys it has."""
   try:
     return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
-    from reid_jax import config_schema
+  except (AttributeError, KeyError):
     override = next((a for a in argv[1:] if a.startswith("--config.")
                      and config_schema.unknown_override(argv, a)), None)
     if override is None:
@@ -41,7 +42,7 @@ def main(argv):
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()
-  from reid_jax import checkpoints, config_schema, evaluate, train
+  from reid_jax import checkpoints, evaluate, train
   from reid_jax.data import market_layout
   checkpoints.quiet_logs()
   config = _CONFIG.value

@@ -20,7 +20,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from reid_jax import checkpoints, config_schema, data, evaluate, models, optimizers, sharding
+from reid_jax import (checkpoints, config_schema, data, evaluate, models, optimizers, pretrained,
+                      sharding)
 
 
 class TrainState(train_state.TrainState):
@@ -45,7 +46,6 @@ def init_variables(config, model, rng, load_weights=True):
       raise config_schema.ConfigError(f"config.init_from={config.init_from!r}: {e}") from None
     logging.info(report.summary())
   elif config.pretrained:
-    from reid_jax import pretrained
     variables = pretrained.load_pretrained(variables, config.pretrained, config.model)
   elif spec.imagenet_layout is not None:
     logging.warning("config.pretrained is empty: %s's backbone starts from random weights, "
