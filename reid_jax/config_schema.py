@@ -52,6 +52,9 @@ def base_config(model=""):
   c.augment.flip = True               # random horizontal flip
   c.augment.pad = 10                  # pad-and-crop margin in pixels (0 = off)
   c.augment.random_erasing = 0.5      # probability (Zhong et al., 2020)
+  c.augment.offline_copies = 1        # offline translation: each train image k times (1 = off)
+  c.augment.offline_max_shift = 0.1   # ... each copy after the first shifted by up to this
+                                      # fraction of the height and width (a fixed draw per copy)
 
   c.optimizer = "adam"
   c.learning_rate = 3.5e-4
@@ -195,6 +198,10 @@ def validate(config):
     _fail("augment.random_erasing", config.augment.random_erasing, "is a probability in [0, 1]")
   if config.augment.pad < 0:
     _fail("augment.pad", config.augment.pad, "must be >= 0")
+  if int(config.augment.offline_copies) < 1:
+    _fail("augment.offline_copies", config.augment.offline_copies, "must be a positive integer")
+  if not 0 <= config.augment.offline_max_shift < 0.5:
+    _fail("augment.offline_max_shift", config.augment.offline_max_shift, "must be in [0, 0.5)")
   _validate_eval(config)
   _validate_weights(config, spec)
   return config
