@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from reid_jax import checkpoints, metrics, models
+from reid_jax.models import mpn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -96,6 +97,28 @@ def _loss_defaults(model):
   return models.get_spec(model).loss_defaults()
 
 
+def check_dataset_inputs(config, train_split, dataset_info):
+  """Raises ConfigError, before anything compiles, when the configured network
+  trains on a batch key the dataset does not have (MPN's mask prior on a dataset
+  without person masks); `dataset_info` is the tfds builder's `info`."""
+  spec = models.get_spec(config.model)
+  module = models.get_model(config.model, 0, **config.model_kwargs)
+  available = {"image", "label"} | ({"mask"} if train_split.masks is not None else set())
+  missing = [k for k in spec.required_inputs(module) if k not in available]
+  if not missing:
+    return
+  kwargs = ", ".join(f"{k}={v!r}" for k, v in dict(config.model_kwargs).items())
+  why = (f"{config.model}({kwargs}) trains on batch keys {missing} and dataset "
+         f"{config.dataset!r} has none")
+  if "mask" in missing:
+    folder = dataset_info.metadata.get("mask_folder") or "the dataset's mask folder"
+    why += (f". Put one PNG person mask per image (the image's relative path, .png; any "
+            f"non-zero pixel = person) in {folder}, then delete the built dataset "
+            f"{dataset_info.data_dir} so that it is rebuilt with them; or set "
+            "--config.model_kwargs.prior=uniform, which needs no masks")
+  _fail("model_kwargs", dict(config.model_kwargs), why)
+
+
 def train_batch_size(config):
   """Images per global training batch: P * K, or `batch_size` for random batches."""
   return config.p_identities * config.k_instances if config.sampler == "pk" else config.batch_size
@@ -114,6 +137,10 @@ def _validate_network(config):
     if key not in fields:
       _fail(f"model_kwargs.{key}", config.model_kwargs[key],
             f"{config.model} takes no {key!r}; it takes {fields}")
+  try:
+    models.get_model(config.model, 0, **config.model_kwargs)
+  except (TypeError, ValueError) as e:
+    _fail("model_kwargs", dict(config.model_kwargs), str(e))
   loss = dict(config.loss)
   accepted = spec.loss_defaults()
   for key in loss:
@@ -122,7 +149,9 @@ def _validate_network(config):
             f"it accepts {sorted(accepted)}")
   if not 0 <= loss.get("label_smoothing", 0.0) < 1:
     _fail("loss.label_smoothing", loss["label_smoothing"], "must be in [0, 1)")
-  for key in ("triplet_margin", "lambda_global", "lambda_local"):
+  if loss.get("alignment", "class") not in mpn.ALIGNMENTS:
+    _fail("loss.alignment", loss["alignment"], f"must be one of {mpn.ALIGNMENTS}")
+  for key in ("triplet_margin", "lambda_global", "lambda_local", "alignment_weight"):
     if loss.get(key, 0.0) < 0:
       _fail(f"loss.{key}", loss[key], "must be >= 0")
   if loss.get("triplet_metric", "euclidean") not in ("euclidean", "cosine"):

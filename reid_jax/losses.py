@@ -68,6 +68,42 @@ def batch_hard_triplet(features: jax.Array, labels: jax.Array, margin: float = 0
   return jax.nn.softplus(gap) if soft_margin else jax.nn.relu(gap + margin)
 
 
+def active_mean(values: jax.Array) -> jax.Array:
+  """Mean over the entries that are non-zero: per-anchor hinge losses averaged over
+  the N_T triplets that violate the margin (MPN Eq. 3; Hermans et al., 2017's
+  "mean over active triplets"). values: [N] >= 0. Returns a scalar, 0 when none is."""
+  return jnp.sum(values) / jnp.maximum(jnp.sum(values > 0), 1)
+
+
+def cosine_distance(x: jax.Array, y: jax.Array) -> jax.Array:
+  """1 - cos(x_i, y_i) per row (MPN Eq. 4). x, y: [N, D]. Returns [N]; a zero row
+  counts as orthogonal to everything (distance 1), with a finite gradient."""
+  normalize = lambda v: v / optax.safe_norm(v, 1e-12, axis=-1, keepdims=True)
+  return 1.0 - jnp.sum(normalize(x.astype(jnp.float32)) * normalize(y.astype(jnp.float32)), -1)
+
+
+def class_mean_alignment(h: jax.Array, g: jax.Array, labels: jax.Array) -> jax.Array:
+  """Class-wise feature space alignment L_CF (MPN Eq. 6-8).
+
+  h, g: [B, D], the main and auxiliary tasks' features of the same images;
+  labels: [B]. Returns the scalar (1/S) sum_i D(mean_a h_i^a, mean_a g_i^a) over
+  the S identities of the batch, D the cosine distance. Identities may have
+  different image counts.
+  """
+  same = (labels[:, None] == labels[None, :]).astype(jnp.float32)
+  count = jnp.sum(same, axis=1)
+  h_mean = same @ h.astype(jnp.float32) / count[:, None]
+  g_mean = same @ g.astype(jnp.float32) / count[:, None]
+  # Row b holds its identity's distance; weighting by 1 / count counts each identity once.
+  return jnp.sum(cosine_distance(h_mean, g_mean) / count) / jnp.sum(1.0 / count)
+
+
+def sample_alignment(h: jax.Array, g: jax.Array) -> jax.Array:
+  """Sample-wise feature alignment L_SF (MPN Eq. 9): the mean over the batch of
+  D(h^a, g^a). h, g: [B, D]. Returns a scalar."""
+  return jnp.mean(cosine_distance(h, g))
+
+
 def group_lasso(kernel: jax.Array) -> jax.Array:
   """l2,1 norm of a dense kernel over its input dimensions (JLML Eq. 1).
 

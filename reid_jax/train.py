@@ -78,7 +78,7 @@ def create_train_state(config, num_classes, steps_per_epoch, mesh, ckpt_manager)
 def train_step(state, batch, rng, *, spec, loss_kwargs):
   """One optimiser step on a global batch; pure, so it can be jitted and sharded."""
   rng = jax.random.fold_in(rng, state.step)
-  args, kwargs = spec.apply_inputs(batch)
+  args, kwargs = spec.apply_inputs(batch, train=True)
 
   def compute_loss(params):
     outputs, updates = state.apply_fn(
@@ -123,8 +123,10 @@ def train_and_evaluate(config, workdir):
 
   dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
   train_split = data.load_split(dataset, "train")
+  config_schema.check_dataset_inputs(config, train_split, dataset.info)
   query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
-  steps_per_epoch = max(1, len(train_split) // batch_size)
+  # An epoch passes over every (offline-translated) copy of every training image.
+  steps_per_epoch = max(1, data.train_size(train_split, config) // batch_size)
   num_classes = int(train_split.labels.max()) + 1
   ckpt_manager = checkpoints.manager(workdir, config.keep_checkpoints)
   model, state, schedule, total_steps = create_train_state(

@@ -17,10 +17,10 @@ def _load(name):
   return module
 
 
-mlfn, mgn, jlml = _load("mlfn"), _load("mgn"), _load("jlml")
+mlfn, mgn, jlml, ide, mpn = (_load(n) for n in ("mlfn", "mgn", "jlml", "ide", "mpn"))
 
 
-@pytest.mark.parametrize("module", [mlfn, mgn, jlml])
+@pytest.mark.parametrize("module", [mlfn, mgn, jlml, ide, mpn])
 @pytest.mark.parametrize("arg", [None, "synthetic"])
 def test_shipped_configs_are_valid(module, arg):
   config_schema.validate(module.get_config(arg))
@@ -44,6 +44,8 @@ def test_unknown_config_argument_is_an_error():
     ("loss.triplet_margin", -1.0, r"config.loss.triplet_margin=-1.0"),
     ("loss.triplet_metric", "l1", r"config.loss.triplet_metric='l1'"),
     ("augment.random_erasing", 1.5, r"config.augment.random_erasing=1.5"),
+    ("augment.offline_copies", 0, r"config.augment.offline_copies=0: must be a positive integer"),
+    ("augment.offline_max_shift", 0.5, r"config.augment.offline_max_shift=0.5: must be in"),
     ("pretrained", "/nonexistent/resnet50.safetensors", r"config.pretrained=.*no such file"),
 ])
 def test_bad_values_name_their_key(key, value, message):
@@ -54,6 +56,20 @@ def test_bad_values_name_their_key(key, value, message):
     node = node[p]
   node[leaf] = value
   with pytest.raises(ValueError, match=message):
+    config_schema.validate(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model_kwargs.prior", "pose", r"config.model_kwargs=.*MPN: unknown prior 'pose'; use one of "
+                                   r"\('mask', 'roi', 'uniform', 'none'\)"),
+    ("loss.alignment", "pixel", r"config.loss.alignment='pixel': must be one of"),
+    ("loss.alignment_weight", -1.0, r"config.loss.alignment_weight=-1.0: must be >= 0"),
+])
+def test_bad_mpn_values_name_their_key(key, value, message):
+  config = mpn.get_config("synthetic")
+  group, leaf = key.split(".")
+  config[group][leaf] = value
+  with pytest.raises(config_schema.ConfigError, match=message):
     config_schema.validate(config)
 
 

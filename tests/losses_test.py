@@ -137,3 +137,29 @@ def test_group_sparsity_gradients_pass_check_grads():
   check_grads(losses.group_lasso, (w,), order=2, modes=["rev"], atol=1e-2, rtol=1e-2)
   check_grads(lambda k: losses.exclusive_group_lasso(k, 4), (w,), order=2, modes=["rev"],
               atol=1e-2, rtol=1e-2)
+
+
+def test_active_mean_averages_over_violating_triplets_only():
+  np.testing.assert_allclose(losses.active_mean(jnp.array([0.0, 0.3, 0.0, 0.5])), 0.4)
+  assert float(losses.active_mean(jnp.zeros(4))) == 0.0
+  grad = jax.grad(lambda v: losses.active_mean(v))(jnp.array([0.0, 0.3, 0.5]))
+  np.testing.assert_allclose(grad, [0.5, 0.5, 0.5])  # the count is a constant
+
+
+def test_cosine_distance_per_row():
+  x = jnp.array([[1.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+  y = jnp.array([[0.0, 2.0], [6.0, 8.0], [1.0, 1.0]])
+  np.testing.assert_allclose(losses.cosine_distance(x, y), [1.0, 0.0, 1.0], atol=1e-6)
+  assert np.all(np.isfinite(jax.grad(lambda a: losses.cosine_distance(a, y).sum())(x)))
+
+
+def test_class_mean_alignment_is_eq8_with_one_term_per_identity():
+  # Identity 7: two images, identity 3: one image (unequal counts count each identity once).
+  h = jnp.array([[1.0, 0.0], [1.0, 2.0], [0.0, 1.0]])
+  g = jnp.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]])
+  labels = jnp.array([7, 7, 3])
+  # Identity 7: means (1, 1) and (1, 1): distance 0. Identity 3: (0, 1) vs (1, 0): distance 1.
+  np.testing.assert_allclose(losses.class_mean_alignment(h, g, labels), 0.5, atol=1e-6)
+  # Sample-wise (Eq. 9) is stricter: image 0 is 45 degrees from its g.
+  expected = np.mean([1 - 1 / np.sqrt(2), 1 - 3 / np.sqrt(10), 1.0])
+  np.testing.assert_allclose(losses.sample_alignment(h, g), expected, atol=1e-6)

@@ -132,6 +132,18 @@ def test_mgn_branches_match_torch(full_weights):
   assert relative_error(branch_maps["part3"], stride1) < 1e-4
 
 
+def test_mpn_backbone_matches_torch_with_last_stride_1(full_weights):
+  state, path, images = full_weights
+  model = models.get_model("mpn", 0)
+  variables = pretrained.load_pretrained(shapes(model), path, "mpn")
+  # The part tasks keep their (abstract) init: only the backbone is ImageNet's.
+  assert isinstance(variables["params"]["part0"]["conv1"]["kernel"], jax.ShapeDtypeStruct)
+  _, state_out = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(
+      concrete(variables), images)
+  expected = torch_stage_maps(state, images, last_stride=1)["layer4"]
+  assert relative_error(state_out["intermediates"]["feature_map"][0], expected) < 1e-4
+
+
 def test_mgn_branches_get_the_same_weights(full_weights):
   state, path, _ = full_weights
   params = pretrained.load_pretrained(shapes(models.get_model("mgn", 0)), path, "mgn")["params"]

@@ -4,6 +4,7 @@ Importing this package registers the builders `synthetic_reid`, `market1501` and
 `dukemtmc_reid` with tfds.
 """
 from reid_jax.data import dukemtmc_reid, market1501, synthetic_reid  # noqa: F401  registration
-from reid_jax.data.pipeline import Split, builder, eval_dataset, load_split, train_dataset
+from reid_jax.data.pipeline import (Split, builder, eval_dataset, load_split, train_dataset,
+                                    train_size)
 
-__all__ = ["Split", "builder", "eval_dataset", "load_split", "train_dataset"]
+__all__ = ["Split", "builder", "eval_dataset", "load_split", "train_dataset", "train_size"]

@@ -2,7 +2,11 @@
 
 Random choices use stateless ops seeded per image, so a batch's augmentation is a
 function of (config seed, step, position): resumed training sees the same pixels.
+The offline translation offsets (`offline_shift`) are instead fixed per
+(config seed, image, copy), drawn in numpy: they enlarge the training set rather
+than vary from step to step.
 """
+import numpy as np
 import tensorflow as tf
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,6 +30,33 @@ def decode(encoded, channels, size, method="bilinear"):
 def normalize(image):
   """[0, 255] RGB -> ImageNet mean/std normalised."""
   return (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def offline_shift(seed, index, copy, size, max_shift):
+  """The fixed (dy, dx) pixel offset of translated copy `copy` of training image `index`.
+
+  Offline translation (MPN Sec. 5.1, after Zhao et al., CVPR 2014): copy 0 is the
+  image itself, (0, 0); copy c >= 1 is shifted by integers drawn uniformly from
+  [-max_shift * H, max_shift * H] x [-max_shift * W, max_shift * W] (bounds
+  rounded towards zero), a pure function of (seed, index, copy) for `size` (H, W).
+  """
+  if copy == 0:
+    return 0, 0
+  rng = np.random.default_rng([seed, index, copy])
+  dy, dx = (int(rng.integers(-int(max_shift * n), int(max_shift * n), endpoint=True))
+            for n in size)
+  return dy, dx
+
+
+def translate(planes, dy, dx):
+  """Shifts every plane of `planes` by (dy, dx) pixels (down, right), zero-filling
+  the uncovered border: out[y, x] = in[y - dy, x - dx]. One offset for all planes,
+  so the person mask stays aligned with its image."""
+  height, width = planes[0].shape[0], planes[0].shape[1]
+  top, left = tf.maximum(-dy, 0), tf.maximum(-dx, 0)
+  paddings = [[tf.maximum(dy, 0), top], [tf.maximum(dx, 0), left], [0, 0]]
+  return [tf.ensure_shape(tf.pad(p, paddings)[top:top + height, left:left + width],
+                          [height, width, None]) for p in planes]
 
 
 def flip_and_crop(planes, seed, flip, pad):
@@ -52,7 +83,11 @@ def random_erasing(image, seed, probability, area=(0.02, 0.4), min_aspect=0.3, a
   """Random Erasing (Zhong et al., AAAI 2020): with `probability`, replace a random
   rectangle of relative area in `area` and aspect in [min_aspect, 1/min_aspect] by
   the mean pixel (0 after normalisation). Of `attempts` drawn rectangles the first
-  that fits is used, as the paper's retry loop does."""
+  that fits is used, as the paper's retry loop does.
+
+  Only `image` changes, in place: nothing is shifted or resized, and the caller
+  leaves the person mask as it is, since that prior describes the unerased person
+  (as the segmentation tool saw it)."""
   height, width = image.shape[0], image.shape[1]
   seeds = tf.random.experimental.stateless_split(seed, 5)
   erase = tf.random.stateless_uniform([], seeds[0]) < probability

@@ -10,6 +10,8 @@ camera only. The official release, `DukeMTMC-reID.zip`, has
 Names read `pppp_cC_fFFFFFFF.jpg`: person, camera, frame. The authors withdrew
 DukeMTMC in 2019; build it only from a copy you may use. Read from tfds'
 manual_dir, as the zip or as its extracted folder; the JPEGs are stored as they are.
+Optional person masks come from `DukeMTMC-reID_masks/` beside it (one PNG per
+image, same relative path); without that folder every mask is a 1x1 black PNG.
 """
 import tensorflow_datasets as tfds
 
@@ -29,9 +31,15 @@ LAYOUT = market_layout.Layout(
 
 
 class DukemtmcReid(market_layout.MarketStyleBuilder):
-  """DukeMTMC-reID: 702 train / 702 test identities (+408 distractors), 8 cameras."""
+  """DukeMTMC-reID: 702 train / 702 test identities (+408 distractors), 8 cameras.
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  Person masks from the optional folder `DukeMTMC-reID_masks/`.
+  """
+
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": f"Optional person masks from {LAYOUT.folder}_masks/.",
+  }
   LAYOUT = LAYOUT
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()

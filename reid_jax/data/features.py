@@ -5,7 +5,9 @@ import tensorflow_datasets as tfds
 
 def reid_features(encoding_format, with_mask=False):
   """image, person_id (-1 junk, 0 distractor), 0-based camera_id, train label and
-  filename; with_mask adds a coarse person mask (255 on the person)."""
+  filename; with_mask adds a coarse person mask (255 on the person). Every builder
+  passes with_mask=True; one without masks stores 1x1 black ones and says so in its
+  metadata (`has_masks`)."""
   features = {
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
       "person_id": tfds.features.Scalar(np.int64, doc="-1 junk, 0 distractor."),
@@ -14,6 +16,7 @@ def reid_features(encoding_format, with_mask=False):
       "filename": tfds.features.Text(),
   }
   if with_mask:
-    features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png",
-                                           doc="255 on the person, 0 elsewhere.")
+    features["mask"] = tfds.features.Image(
+        shape=(None, None, 1), encoding_format="png",
+        doc="255 on the person, 0 elsewhere; 1x1 black when the dataset has none.")
   return tfds.features.FeaturesDict(features)

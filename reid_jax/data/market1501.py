@@ -8,7 +8,9 @@ detector. The official release, `Market-1501-v15.09.15.zip`, has
   distractors (`0000_*`, person_id 0) and 3,819 junk detections (`-1_*`, person_id -1).
 Names read `pppp_cCsS_ffffff_nn.jpg`: person, camera, sequence, frame, box index.
 Read from tfds' manual_dir, as the zip or as its extracted folder; the JPEGs are
-stored as they are.
+stored as they are. Optional person masks come from
+`Market-1501-v15.09.15_masks/` beside it (one PNG per image, same relative path);
+without that folder every mask is a 1x1 black PNG.
 """
 import tensorflow_datasets as tfds
 
@@ -28,9 +30,15 @@ LAYOUT = market_layout.Layout(
 
 
 class Market1501(market_layout.MarketStyleBuilder):
-  """Market-1501: 751 train / 750 test identities, 6 cameras, Market-1501 protocol."""
+  """Market-1501: 751 train / 750 test identities, 6 cameras, Market-1501 protocol.
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  Person masks from the optional folder `Market-1501-v15.09.15_masks/`.
+  """
+
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release.",
+      "1.1.0": f"Optional person masks from {LAYOUT.folder}_masks/.",
+  }
   LAYOUT = LAYOUT
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()

@@ -4,7 +4,8 @@ Both official releases hold three folders of JPEGs, `bounding_box_train/`
 (train), `query/` and `bounding_box_test/` (gallery), whose file names start with
 the person id and the camera. `MarketStyleBuilder` finds them in tfds'
 manual_dir, as the official zip or as its extracted folder, parses the names and
-passes the JPEG bytes through unchanged.
+passes the JPEG bytes through unchanged. Person masks are optional: a folder
+`<folder>_masks/` beside the release gives each image a mask (see `masks`).
 """
 import contextlib
 import dataclasses
@@ -16,7 +17,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from reid_jax.data import features
+from reid_jax.data import features, masks
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 
@@ -44,7 +45,11 @@ class Layout:
         f"Download the official {self.name} release ({self.url}) and place either the zip "
         f"`{self.archive}` or the folder it extracts to, `{self.folder}/` (holding {folders}), "
         "in the manual directory: `<data_dir>/downloads/manual/` by default, or the folder "
-        "given by `tfds.download.DownloadConfig(manual_dir=...)` / `tfds build --manual_dir`.")
+        "given by `tfds.download.DownloadConfig(manual_dir=...)` / `tfds build --manual_dir`. "
+        f"Optionally, person masks go beside it in `{self.folder}{masks.SUFFIX}/`: one PNG "
+        "per image at the image's path in the release with `.png` for `.jpg` (e.g. "
+        f"`{self.folder}{masks.SUFFIX}/{SPLIT_FOLDERS['train']}/"
+        f"{self.example.rsplit('.', 1)[0]}.png`), any non-zero pixel marking the person.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +167,9 @@ def _reader(source):
 class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Builds train/query/gallery from a Market-style release in the manual_dir.
 
-  Subclasses set `LAYOUT`, `VERSION` and `MANUAL_DOWNLOAD_INSTRUCTIONS`.
+  Every example has a `mask`: from `<manual_dir>/<folder>_masks/` when that folder
+  exists, else a 1x1 black PNG; the metadata says which (`has_masks`, `num_masks`,
+  `mask_folder`). Subclasses set `LAYOUT`, `VERSION` and `MANUAL_DOWNLOAD_INSTRUCTIONS`.
   """
   LAYOUT: Layout
 
@@ -171,7 +178,7 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         builder=self,
         description=type(self).__doc__,
         homepage=self.LAYOUT.url,
-        features=features.reid_features("jpeg"),
+        features=features.reid_features("jpeg", with_mask=True),
         metadata=tfds.core.MetadataDict(),
     )
 
@@ -187,10 +194,22 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     warn_on_counts(self.LAYOUT, split_records)
     self.info.metadata["num_classes"] = len({r.person_id for r in split_records["train"]})
     self.info.metadata["num_cameras"] = self.LAYOUT.num_cameras
-    return {split: self._generate_examples(source, recs) for split, recs in split_records.items()}
+    mask_folder = manual_dir / f"{self.LAYOUT.folder}{masks.SUFFIX}"
+    split_masks = masks.find(self.LAYOUT.name, mask_folder, {
+        split: [f"{SPLIT_FOLDERS[split]}/{r.filename}" for r in recs]
+        for split, recs in split_records.items()})
+    self.info.metadata["has_masks"] = split_masks is not None
+    if split_masks is None:
+      split_masks = {split: [None] * len(recs) for split, recs in split_records.items()}
+    self.info.metadata["mask_folder"] = str(mask_folder)
+    self.info.metadata["num_masks"] = {
+        split: sum(m is not None for m in paths) for split, paths in split_masks.items()}
+    return {split: self._generate_examples(source, recs, split_masks[split])
+            for split, recs in split_records.items()}
 
-  def _generate_examples(self, source, split_records):
+  def _generate_examples(self, source, split_records, mask_paths):
     with _reader(source) as read:
-      for r in split_records:
-        yield r.filename, {"image": read(r.member), "person_id": r.person_id,
-                           "camera_id": r.camera_id, "label": r.label, "filename": r.filename}
+      for r, mask in zip(split_records, mask_paths):
+        yield r.filename, {"image": read(r.member), "mask": masks.read(mask),
+                           "person_id": r.person_id, "camera_id": r.camera_id,
+                           "label": r.label, "filename": r.filename}

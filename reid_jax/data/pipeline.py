@@ -1,9 +1,11 @@
 """tf.data input pipelines over the tfds re-ID datasets.
 
 Training: identity-balanced P x K batches (`samplers.PKSampler`) or random
-batches (`samplers.RandomSampler`, `config.sampler='random'`), decoded, resized,
-flipped, pad-and-cropped, ImageNet-normalised and randomly erased. Evaluation:
-every image once, in split order, in fixed-size batches whose padding is masked by
+batches (`samplers.RandomSampler`, `config.sampler='random'`) over the training
+set enlarged by offline translation (`config.augment.offline_copies`), decoded,
+resized, translated, flipped, pad-and-cropped, ImageNet-normalised and randomly
+erased; the person mask, when present, moves with its image. Evaluation: every
+image once, in split order, in fixed-size batches whose padding is masked by
 `valid`. Both split each global batch across processes (multi-host): process i
 feeds rows [i * B / n, (i + 1) * B / n) of it.
 """
@@ -21,7 +23,7 @@ from reid_jax.data import augment, samplers
 class Split:
   """One split held in memory still encoded (decoding happens in the pipeline)."""
   images: np.ndarray       # object array of encoded JPEG/PNG bytes
-  masks: np.ndarray | None  # encoded person masks (synthetic_reid only)
+  masks: np.ndarray | None  # encoded person masks; None where the dataset has none
   person_ids: np.ndarray
   camera_ids: np.ndarray
   labels: np.ndarray       # contiguous class index in train, -1 elsewhere
@@ -45,21 +47,28 @@ def builder(dataset, data_dir="", manual_dir=""):
 
 
 def load_split(dataset_builder, split):
-  """Reads `split` into a `Split` without decoding the images."""
+  """Reads `split` into a `Split` without decoding the images.
+
+  Masks are read when the builder's metadata says `has_masks` (datasets without
+  masks store a 1x1 black placeholder, left out here: `masks` is None); datasets
+  built before that key existed have masks iff their features have `mask`.
+  """
   features = dataset_builder.info.features
+  has_masks = (dataset_builder.info.metadata or {}).get("has_masks", "mask" in features)
   skip = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in features}
   ds = dataset_builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
-  columns = {k: [] for k in ("image", "mask", "person_id", "camera_id", "label", "filename")}
+  columns = {k: [] for k in ("image", "person_id", "camera_id", "label", "filename")}
+  if has_masks:
+    columns["mask"] = []
   for ex in tfds.as_numpy(ds):
     for k in columns:
-      if k in ex:
-        columns[k].append(ex[k])
+      columns[k].append(ex[k])
   if not columns["image"]:
     raise ValueError(f"Split {split!r} of {dataset_builder.info.full_name} is empty.")
   as_object = lambda xs: np.array(xs, dtype=object)
   return Split(
       images=as_object(columns["image"]),
-      masks=as_object(columns["mask"]) if columns["mask"] else None,
+      masks=as_object(columns["mask"]) if has_masks else None,
       person_ids=np.array(columns["person_id"], np.int64),
       camera_ids=np.array(columns["camera_id"], np.int64),
       labels=np.array(columns["label"], np.int64),
@@ -74,45 +83,65 @@ def _local_rows(global_batch, shard):
   return slice(index * local, (index + 1) * local), local
 
 
+def train_size(split, config):
+  """Items in the training set enlarged by offline translation: len(split) * copies.
+
+  Item j is copy j // len(split) of image j % len(split) (copy 0 the image itself).
+  """
+  return len(split) * config.augment.offline_copies
+
+
 def train_sampler(split, config):
-  """The batch sampler `config.sampler` names over `split`."""
+  """The batch sampler `config.sampler` names over the `train_size` items of `split`
+  (with one copy, exactly the split's images)."""
   if config.sampler == "random":
-    return samplers.RandomSampler(len(split), config.batch_size, config.seed)
-  return samplers.PKSampler(split.labels, config.p_identities, config.k_instances, config.seed)
+    return samplers.RandomSampler(train_size(split, config), config.batch_size, config.seed)
+  labels = np.tile(split.labels, config.augment.offline_copies)
+  return samplers.PKSampler(labels, config.p_identities, config.k_instances, config.seed)
 
 
 def train_dataset(split, config, start_step=0, shard=None):
   """This process's share of the training batches from `start_step` on.
 
-  `shard` = (process index, process count) defaults to this JAX process's.
+  `shard` = (process index, process count) defaults to this JAX process's. The
+  sampler draws items of the enlarged training set (`train_size`); item j is image
+  j % n translated by its fixed `augment.offline_shift` for copy j // n (MPN Sec.
+  5.1), after decoding and resizing and before the random augmentations.
 
   Yields dicts: `image` [b, H, W, 3] float32, `label` [b] int32 and, when the
-  dataset has person masks, `mask` [b, H, W, 1] float32 in [0, 1].
+  dataset has person masks, `mask` [b, H, W, 1] float32 in {0, 1}, pixel-aligned
+  with the image through translation, flip and pad-and-crop, and left unerased.
   """
   size = tuple(config.image_size)
   sampler = train_sampler(split, config)
   global_batch = sampler.batch_size
   rows, local = _local_rows(global_batch, shard)
   has_mask = split.masks is not None
+  aug = config.augment
+  n = len(split)
 
   def examples():
     step = start_step
     while True:
-      for pos, i in enumerate(sampler.batch(step)[rows], start=rows.start):
+      for pos, j in enumerate(sampler.batch(step)[rows], start=rows.start):
+        i, copy = j % n, j // n
         # Per-image seed: a function of (seed, step, position in the global batch).
         seed = np.array([config.seed, step * global_batch + pos], np.int64)
-        yield (split.images[i], split.masks[i] if has_mask else b"", split.labels[i], seed)
+        shift = augment.offline_shift(config.seed, i, copy, size, aug.offline_max_shift)
+        yield (split.images[i], split.masks[i] if has_mask else b"", split.labels[i], seed,
+               np.array(shift, np.int64))
       step += 1
 
   spec = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
-          tf.TensorSpec([], tf.int64), tf.TensorSpec([2], tf.int64))
-  aug = config.augment
+          tf.TensorSpec([], tf.int64), tf.TensorSpec([2], tf.int64), tf.TensorSpec([2], tf.int64))
 
-  def transform(encoded, encoded_mask, label, seed):
+  def transform(encoded, encoded_mask, label, seed, shift):
     flip_seed, erase_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     planes = [augment.decode(encoded, 3, size)]
     if has_mask:
       planes.append(augment.decode(encoded_mask, 1, size, "nearest") / 255.0)
+    if aug.offline_copies > 1:
+      planes = augment.translate(planes, shift[0], shift[1])
     planes = augment.flip_and_crop(planes, flip_seed, aug.flip, aug.pad)
     image = augment.normalize(planes[0])
     if aug.random_erasing:
@@ -132,23 +161,31 @@ def eval_dataset(split, batch_size, image_size, shard=None):
 
   The last batch is padded with copies of image 0 whose `valid` is False, so the
   jitted feature extractor sees one shape and no image is dropped or counted twice.
-  Yields dicts with `image`, `index` (position in the split) and `valid`.
+  Yields dicts with `image`, `index` (position in the split), `valid` and, when the
+  split has person masks, `mask` [b, H, W, 1] float32 in {0, 1} (resized 'nearest',
+  unaugmented).
   """
   rows, local = _local_rows(batch_size, shard)
   n = len(split)
   padded = -(-n // batch_size) * batch_size
   size = tuple(image_size)
+  has_mask = split.masks is not None
 
   def examples():
     for start in range(0, padded, batch_size):
       for i in range(start + rows.start, start + rows.stop):
-        yield split.images[i if i < n else 0], i, i < n
+        k = i if i < n else 0
+        yield split.images[k], split.masks[k] if has_mask else b"", i, i < n
 
-  spec = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.bool))
+  spec = (tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string),
+          tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.bool))
 
-  def transform(encoded, index, valid):
+  def transform(encoded, encoded_mask, index, valid):
     image = augment.normalize(augment.decode(encoded, 3, size))
-    return {"image": tf.cast(image, tf.float32), "index": index, "valid": valid}
+    out = {"image": tf.cast(image, tf.float32), "index": index, "valid": valid}
+    if has_mask:
+      out["mask"] = augment.decode(encoded_mask, 1, size, "nearest") / 255.0
+    return out
 
   ds = tf.data.Dataset.from_generator(examples, output_signature=spec)
   ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

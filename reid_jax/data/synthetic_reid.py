@@ -182,6 +182,9 @@ class SyntheticReid(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     self.info.metadata["num_classes"] = config.num_train_ids
     self.info.metadata["num_cameras"] = config.num_cameras
+    self.info.metadata["has_masks"] = True  # drawn with every image
+    self.info.metadata["mask_folder"] = ""
+    self.info.metadata["num_masks"] = {split: len(items) for split, items in plan(config).items()}
     return {split: self._generate_examples(items) for split, items in plan(config).items()}
 
   def _generate_examples(self, items):

@@ -35,6 +35,11 @@ class NetworkSpec:
     its keyword arguments and defaults are the network's `config.loss`.
   inputs: (batch key, channels) of each [B, H, W, channels] float input the module
     reads, in order: the first is passed positionally, the others by their key.
+  train_inputs: (batch key, channels) of inputs read in training only, passed by
+    their key when the batch has them (MPN's person `mask`).
+  requires: None, or a function of the configured module giving the keys of
+    `train_inputs` it cannot train without (MPN's mask prior needs `mask`, its
+    uniform prior nothing); the trainer checks them against the dataset.
   evaluation: how it is scored at test time: 'embedding' = distances between the
     `embedding` outputs of query and gallery images.
   imagenet_layout: None, or a function of the params tree giving the
@@ -45,6 +50,8 @@ class NetworkSpec:
   module: type
   loss: Callable[..., Any]
   inputs: tuple = (("image", 3),)
+  train_inputs: tuple = ()
+  requires: Optional[Callable[[Any], tuple]] = None
   evaluation: str = "embedding"
   imagenet_layout: Optional[Callable[[Any], list]] = None
 
@@ -76,21 +83,28 @@ class NetworkSpec:
     fields = [f.name for f in dataclasses.fields(self.module) if f.init]
     return [f for f in fields if f not in ("num_classes", "parent", "name")]
 
-  def apply_inputs(self, batch):
-    """(args, kwargs) for `module.apply(variables, *args, train=..., **kwargs)`."""
+  def required_inputs(self, model):
+    """The batch keys `model` (a configured module) cannot train without."""
+    return self.input_keys + tuple(self.requires(model) if self.requires else ())
+
+  def apply_inputs(self, batch, train=False):
+    """(args, kwargs) for `module.apply(variables, *args, train=train, **kwargs)`:
+    the declared inputs, plus in training the `train_inputs` the batch has."""
     missing = [k for k in self.input_keys if k not in batch]
     if missing:
       raise KeyError(f"{self.name} reads batch keys {list(self.input_keys)}; the batch has "
                      f"{sorted(batch)} (missing {missing}).")
     first, *rest = self.input_keys
+    if train:
+      rest += [k for k, _ in self.train_inputs if k in batch]
     return (batch[first],), {k: batch[k] for k in rest}
 
   def init(self, model, rng, image_size):
-    """`model.init` on zero inputs of `image_size` (height, width)."""
-    args, kwargs = self.apply_inputs(self.dummy_batch(image_size))
+    """`model.init` on zero inputs of `image_size` (height, width), train inputs included."""
+    args, kwargs = self.apply_inputs(self.dummy_batch(image_size), train=True)
     return model.init(rng, *args, train=False, **kwargs)
 
   def dummy_batch(self, image_size, batch_size=1):
     """Zero inputs of the declared shapes, for `init` and `jax.eval_shape`."""
     return {key: jnp.zeros((batch_size, *image_size, channels), jnp.float32)
-            for key, channels in self.inputs}
+            for key, channels in self.inputs + self.train_inputs}

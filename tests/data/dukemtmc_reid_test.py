@@ -1,4 +1,5 @@
-"""dukemtmc_reid builder: records from a tiny release in the official naming, and its errors."""
+"""dukemtmc_reid builder: records and person masks from a tiny release in the official naming,
+and its errors."""
 import pytest
 
 from reid_jax.data import dukemtmc_reid, market_layout
@@ -21,13 +22,29 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("as_zip", [False, True])
-def test_builds_exact_records(write_release, build_dataset, check_records, as_zip):
+def test_builds_exact_records(write_release, build_dataset, check_records, check_masks, as_zip):
   extra = {f"{ROOT}/README.md": b"x", f"{ROOT}/query/Thumbs.db": b"\0"}
   manual_dir, files = write_release(ROOT, NAMES, as_zip=as_zip, extra=extra)
   builder = build_dataset(dukemtmc_reid.DukemtmcReid, manual_dir)
   check_records(builder, files, ROOT, EXPECTED)
   assert builder.info.metadata["num_classes"] == 2
   assert builder.info.metadata["num_cameras"] == 8
+  check_masks(builder, {})
+  assert builder.info.metadata["has_masks"] is False
+  assert builder.info.metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"
+
+
+def test_builds_with_masks_from_the_mask_folder(
+    write_release, build_dataset, check_masks, person_masks):
+  masks, expected = person_masks(NAMES, skip=[NAMES[0]])
+  manual_dir, _ = write_release(ROOT, NAMES, as_zip=True, masks=masks)
+  builder = build_dataset(dukemtmc_reid.DukemtmcReid, manual_dir)
+  check_masks(builder, expected)
+  assert builder.info.metadata["has_masks"] is True
+  assert builder.info.metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"
+  assert builder.info.metadata["num_masks"] == {"train": 2, "query": 1, "gallery": 2}
+  assert dukemtmc_reid.DukemtmcReid.RELEASE_NOTES["1.1.0"] == (
+      "Optional person masks from DukeMTMC-reID_masks/.")
 
 
 def test_missing_dataset_says_where_to_put_it(build_dataset, tmp_path):

@@ -1,4 +1,5 @@
-"""market1501 builder: records from a tiny release in the official naming, and its errors."""
+"""market1501 builder: records and person masks from a tiny release in the official naming,
+and its errors."""
 import logging
 
 import pytest
@@ -30,7 +31,8 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("as_zip", [False, True])
-def test_builds_exact_records(write_release, build_dataset, check_records, tmp_path, as_zip):
+def test_builds_exact_records(
+    write_release, build_dataset, check_records, check_masks, tmp_path, as_zip):
   junk = {f"{ROOT}/bounding_box_train/Thumbs.db": b"\0" * 8, f"{ROOT}/readme.txt": b"x"}
   if as_zip:  # the official zip also holds gt_bbox/; macOS zips add __MACOSX/
     junk[f"{ROOT}/gt_bbox/0001_c1s1_001051_00.jpg"] = b"not an image"
@@ -38,12 +40,70 @@ def test_builds_exact_records(write_release, build_dataset, check_records, tmp_p
   manual_dir, files = write_release(ROOT, NAMES, as_zip=as_zip, extra=junk)
   builder = build_dataset(market1501.Market1501, manual_dir)
   check_records(builder, files, ROOT, EXPECTED)
-  assert builder.info.metadata["num_classes"] == 3
-  assert builder.info.metadata["num_cameras"] == 6
+  check_masks(builder, {})  # no mask folder: every mask is empty
+  metadata = builder.info.metadata
+  assert metadata["num_classes"] == 3
+  assert metadata["num_cameras"] == 6
+  assert metadata["has_masks"] is False
+  assert metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"
+  assert metadata["num_masks"] == {"train": 0, "query": 0, "gallery": 0}
   # The metadata is saved with the dataset and survives reloading it.
-  reloaded = market1501.Market1501(data_dir=tmp_path / "tfds")
-  assert reloaded.info.metadata["num_classes"] == 3
-  assert tfds.builder_from_directory(builder.data_dir).info.metadata["num_classes"] == 3
+  for reloaded in (market1501.Market1501(data_dir=tmp_path / "tfds"),
+                   tfds.builder_from_directory(builder.data_dir)):
+    assert reloaded.info.metadata["num_classes"] == 3
+    assert reloaded.info.metadata["has_masks"] is False
+    assert reloaded.info.metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_builds_with_masks_from_the_mask_folder(
+    write_release, build_dataset, check_records, check_masks, person_masks, tmp_path, caplog,
+    as_zip):
+  unmasked = ("query", "0005_c4s2_000201_00.jpg")
+  masks, expected = person_masks(NAMES, skip=[unmasked])
+  # Not masks: other files in the folder are ignored.
+  masks.update({"bounding_box_train/Thumbs.db": b"\0", "notes.txt": b"x"})
+  manual_dir, files = write_release(ROOT, NAMES, as_zip=as_zip, masks=masks)
+  with caplog.at_level(logging.WARNING):
+    builder = build_dataset(market1501.Market1501, manual_dir)
+  check_records(builder, files, ROOT, EXPECTED)
+  check_masks(builder, expected)  # the image without a mask file gets an empty one
+  for reloaded in (builder, tfds.builder_from_directory(builder.data_dir)):
+    metadata = reloaded.info.metadata
+    assert metadata["has_masks"] is True
+    assert metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"
+    assert metadata["num_masks"] == {"train": 4, "query": 1, "gallery": 4}
+  assert f"1 of 10 images have no mask in {manual_dir}/{ROOT}_masks" in caplog.text
+  assert f"{manual_dir}/{ROOT}_masks/query/0005_c4s2_000201_00.png" in caplog.text
+
+
+def test_mask_folder_without_any_matching_mask_is_an_error(
+    write_release, build_dataset, person_masks):
+  masks, _ = person_masks(NAMES)
+  # A wrong layout: the masks one folder too deep.
+  manual_dir, _ = write_release(ROOT, NAMES, masks={f"{ROOT}/{p}": m for p, m in masks.items()})
+  folder = f"{manual_dir}/{ROOT}_masks"
+  with pytest.raises(FileNotFoundError, match=f"the mask folder {folder} holds no mask") as error:
+    build_dataset(market1501.Market1501, manual_dir)
+  assert f"It holds: {ROOT}." in str(error.value)
+  assert f"{folder}/bounding_box_train/0002_c1s1_000451_03.png" in str(error.value)
+
+
+@pytest.mark.parametrize("data", [b"not a png", b"\x89PNG\r\n\x1a\n truncated"])
+def test_undecodable_mask_is_an_error_naming_the_file(
+    write_release, build_dataset, person_masks, data):
+  masks, _ = person_masks(NAMES)
+  masks["bounding_box_test/0003_c2s1_000301_01.png"] = data
+  manual_dir, _ = write_release(ROOT, NAMES, as_zip=True, masks=masks)
+  path = f"{manual_dir}/{ROOT}_masks/bounding_box_test/0003_c2s1_000301_01.png"
+  with pytest.raises(ValueError, match=f"Cannot decode the person mask {path} as an image"):
+    build_dataset(market1501.Market1501, manual_dir)
+
+
+def test_manual_download_instructions_describe_the_mask_folder():
+  instructions = market1501.Market1501.MANUAL_DOWNLOAD_INSTRUCTIONS
+  assert f"`{ROOT}_masks/bounding_box_train/0002_c1s1_000451_03.png`" in instructions
+  assert market1501.Market1501.VERSION == "1.1.0"
 
 
 def test_warns_when_counts_differ_from_the_official_release(

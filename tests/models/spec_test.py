@@ -6,12 +6,12 @@ import pytest
 from reid_jax import models
 from reid_jax.models.spec import NetworkSpec
 
-IMAGE_SIZE = {"jlml": (224, 224), "mgn": (384, 128)}
+IMAGE_SIZE = {"jlml": (224, 224), "mgn": (384, 128), "mpn": (384, 128)}
 
 
 def test_every_network_file_with_a_spec_is_registered():
-  assert models.names() == ["jlml", "mgn", "mlfn", "resnet50"]
-  with pytest.raises(ValueError, match="Unknown model 'kpm'; known models: jlml, mgn, mlfn, resnet50"):
+  assert models.names() == ["jlml", "mgn", "mlfn", "mpn", "resnet50"]
+  with pytest.raises(ValueError, match="Unknown model 'kpm'; known models: jlml, mgn, mlfn, mpn, resnet50"):
     models.get_spec("kpm")
 
 
@@ -22,8 +22,9 @@ def test_outputs_follow_the_contract(name):
   size = IMAGE_SIZE.get(name, (256, 128))
   variables = jax.eval_shape(lambda: spec.init(model, jax.random.key(0), size))
   batch = spec.dummy_batch(size, batch_size=3)
-  args, kwargs = spec.apply_inputs(batch)
-  out = jax.eval_shape(lambda v: model.apply(v, *args, train=False, **kwargs), variables)
+  args, kwargs = spec.apply_inputs(batch, train=True)
+  out, _ = jax.eval_shape(lambda v: model.apply(v, *args, train=True, mutable=["batch_stats"],
+                                                **kwargs), variables)
   assert out["embedding"].ndim == 2 and out["embedding"].shape[0] == 3
   heads = out["logits"].shape[0]
   assert out["logits"].shape == (heads, 3, 11)
@@ -41,6 +42,16 @@ def test_missing_batch_key_names_what_the_network_reads():
   spec = models.get_spec("mlfn")
   with pytest.raises(KeyError, match=r"mlfn reads batch keys \['image'\]; the batch has \['label'\]"):
     spec.apply_inputs({"label": jnp.zeros(2)})
+
+
+def test_train_inputs_reach_the_module_in_training_only():
+  spec = models.get_spec("mpn")
+  batch = spec.dummy_batch((64, 32), batch_size=2)
+  assert set(batch) == {"image", "mask"} and batch["mask"].shape == (2, 64, 32, 1)
+  assert spec.apply_inputs(batch, train=True)[1].keys() == {"mask"}
+  assert spec.apply_inputs(batch)[1] == {}
+  # A batch without the train input still applies: the module decides whether it needs it.
+  assert spec.apply_inputs({"image": batch["image"]}, train=True)[1] == {}
 
 
 def test_a_loss_without_the_contracts_arguments_is_refused():
