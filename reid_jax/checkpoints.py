@@ -59,6 +59,14 @@ def find(path):
       "checkpoints/ folder or one checkpoints/<step> folder.")
 
 
+def latest_step(workdir):
+  """The step of the latest complete checkpoint on disk in `workdir`, or None."""
+  try:
+    return find(workdir)[1]
+  except FileNotFoundError:
+    return None
+
+
 def read_variables(step_dir, mesh, like=None):
   """{'params', 'batch_stats'} of the checkpoint in `step_dir`, replicated on `mesh`.
 
@@ -67,17 +75,36 @@ def read_variables(step_dir, mesh, like=None):
   """
   checkpointer = ocp.PyTreeCheckpointer()
   item = os.path.join(step_dir, _ITEM)
+  metadata = checkpointer.metadata(item).item_metadata.tree
+  stored = {k: metadata[k] for k in ("params", "batch_stats") if k in metadata}
   if like is None:
-    metadata = checkpointer.metadata(item).item_metadata.tree
-    like = {k: metadata[k] for k in ("params", "batch_stats") if k in metadata}
+    like = stored
   else:
     like = {k: like[k] for k in ("params", "batch_stats") if k in like}
+    found = differences(stored, like)
+    if found:
+      name, theirs, ours = found[0]
+      raise ValueError(
+          f"the checkpoint {step_dir} holds another network: {len(found)} variables differ, "
+          f"the first {name}: checkpoint {theirs or 'absent'}, network {ours}.")
   replicated = sharding.replicated(mesh)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), like)
   return checkpointer.restore(item, args=ocp.args.PyTreeRestore(
       item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
       partial_restore=True))
+
+
+def differences(stored, like):
+  """[(name, stored shape or None, expected shape)] for every variable of `like` that
+  `stored` lacks or holds with another shape (trees of arrays or of their
+  metadata), by flattened name ('params/part0/conv1/kernel'), sorted. Variables
+  only `stored` holds (a classifier the evaluation does not build) are fine."""
+  flat = lambda tree: {k: tuple(v.shape) for k, v in
+                       traverse_util.flatten_dict(tree, sep="/").items()}
+  theirs, ours = flat(stored), flat(like)
+  return [(name, theirs.get(name), shape) for name, shape in sorted(ours.items())
+          if theirs.get(name) != shape]
 
 
 @dataclasses.dataclass(frozen=True)

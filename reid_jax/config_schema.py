@@ -14,13 +14,14 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from reid_jax import checkpoints, metrics, models
+from reid_jax import checkpoints, data, metrics, models
 from reid_jax.models import mpn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LR_SCHEDULES = ("constant", "step", "cosine")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 DTYPES = ("float32", "bfloat16")
+NONFINITE = ("stop", "skip")
 SAMPLERS = ("pk", "random")
 # evaluate_features' data arguments; the rest of its keywords are `config.eval`.
 _EVAL_DATA_ARGS = ("qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids")
@@ -74,6 +75,8 @@ def base_config(model=""):
   c.eval_at_start = False             # also evaluate the untrained network
   c.checkpoint_every_steps = 5_000
   c.keep_checkpoints = 3
+  c.nonfinite = "stop"                # a step with a non-finite loss or gradient: 'stop' the
+                                      # run, or 'skip' the update and go on (bf16 runs)
   c.log_every_steps = 100
   c.flip_test = False                 # average test features with the flipped image's
   c.eval = ml_collections.ConfigDict()  # keyword arguments of metrics.evaluate_features
@@ -97,10 +100,19 @@ def _loss_defaults(model):
   return models.get_spec(model).loss_defaults()
 
 
-def check_dataset_inputs(config, train_split, dataset_info):
-  """Raises ConfigError, before anything compiles, when the configured network
-  trains on a batch key the dataset does not have (MPN's mask prior on a dataset
-  without person masks); `dataset_info` is the tfds builder's `info`."""
+def check_against_dataset(config, train_split, dataset_info):
+  """Raises ConfigError for values the loaded training split cannot serve, right after
+  it loads and before anything compiles: more identities per batch than it has,
+  a random batch larger than it, or a batch key the network trains on that it
+  lacks (MPN's mask prior on a dataset without person masks). `dataset_info` is
+  the tfds builder's `info`."""
+  num_ids = len(set(train_split.labels.tolist()))
+  where = f"the train split of {config.dataset!r}"
+  if config.sampler == "pk" and config.p_identities > num_ids:
+    _fail("p_identities", config.p_identities, f"{where} has only {num_ids} identities")
+  size = data.train_size(train_split, config)
+  if config.sampler == "random" and config.batch_size > size:
+    _fail("batch_size", config.batch_size, f"{where} has only {size} images (with its copies)")
   spec = models.get_spec(config.model)
   module = models.get_model(config.model, 0, **config.model_kwargs)
   available = {"image", "label"} | ({"mask"} if train_split.masks is not None else set())
@@ -173,9 +185,6 @@ def _validate_eval(config):
   for key, allowed in choices.items():
     if config.eval.get(key) not in allowed:
       _fail(f"eval.{key}", config.eval.get(key), f"must be one of {allowed}")
-  for key in ("max_rank", "num_repeats", "k1", "k2"):
-    if int(config.eval.get(key, 1)) < 1:
-      _fail(f"eval.{key}", config.eval[key], "must be a positive integer")
 
 
 def _validate_weights(config, spec):
@@ -196,41 +205,85 @@ def _validate_weights(config, spec):
       _fail("init_from", config.init_from, str(e))
 
 
+# Numeric and boolean keys: (key, type, test, what the value must be). int keys refuse
+# floats and bools; float keys take ints too.
+_POSITIVE_INT = (int, lambda v: v >= 1, "a positive integer")
+_RULES = (
+    [(k, *_POSITIVE_INT) for k in (
+        "p_identities", "k_instances", "batch_size", "eval_batch_size", "log_every_steps",
+        "checkpoint_every_steps", "keep_checkpoints", "augment.offline_copies", "eval.max_rank",
+        "eval.num_repeats", "eval.k1", "eval.k2")]
+    + [("eval_every_steps", int, lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+       ("num_train_steps", int, lambda v: v != 0, "a positive integer, or -1 to use num_epochs"),
+       ("seed", int, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
+       ("eval.seed", int, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
+       ("learning_rate", float, lambda v: 0 < v < float("inf"), "positive and finite"),
+       ("weight_decay", float, lambda v: 0 <= v < float("inf"), ">= 0 and finite"),
+       ("momentum", float, lambda v: 0 <= v < 1, "in [0, 1)"),
+       ("lr_decay_factor", float, lambda v: 0 < v <= 1, "in (0, 1]"),
+       ("warmup_epochs", float, lambda v: 0 <= v < float("inf"), ">= 0"),
+       ("num_epochs", float, lambda v: v == -1 or 0 < v < float("inf"),
+        "positive, or -1 to use num_train_steps"),
+       ("augment.pad", int, lambda v: v >= 0, "an integer >= 0"),
+       ("augment.random_erasing", float, lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+       ("augment.offline_max_shift", float, lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+       ("eval.lambda_value", float, lambda v: 0 <= v <= 1, "in [0, 1]")]
+    + [(k, bool, lambda v: True, "True or False") for k in (
+        "augment.flip", "nesterov", "eval_at_start", "flip_test", "eval.rerank")])
+
+
+def _lookup(config, key):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _check_value(key, value, kind, test, what):
+  if kind is bool:
+    valid = isinstance(value, bool)
+  elif kind is int:
+    valid = isinstance(value, int) and not isinstance(value, bool) and test(value)
+  else:
+    valid = (isinstance(value, (int, float)) and not isinstance(value, bool)
+             and test(float(value)))
+  if not valid:
+    _fail(key, value, f"must be {what}")
+
+
+def _validate_numbers(config):
+  for key, kind, test, what in _RULES:
+    _check_value(key, _lookup(config, key), kind, test, what)
+  size = tuple(config.image_size)
+  if len(size) != 2 or not all(isinstance(v, int) and v >= 16 for v in size):
+    _fail("image_size", config.image_size, "must be (height, width), integers of at least 16")
+  for key, kind in (("lr_decay_epochs", float), ("lr_decay_steps", int)):
+    values = list(config[key])
+    for v in values:
+      _check_value(key, v, kind, lambda x: x > 0, "positive numbers in increasing order")
+    if values != sorted(values):
+      _fail(key, config[key], "must be increasing")
+
+
 def validate(config):
   """Raises ConfigError naming the first key whose value cannot work."""
   spec = _validate_network(config)
   if not config.dataset:
     _fail("dataset", config.dataset, "name a tfds dataset, e.g. market1501 or synthetic_reid/small")
-  if len(config.image_size) != 2 or min(config.image_size) < 16:
-    _fail("image_size", config.image_size, "must be (height, width), each at least 16")
   if config.sampler not in SAMPLERS:
     _fail("sampler", config.sampler, f"must be one of {SAMPLERS}")
-  for key in ("p_identities", "k_instances", "batch_size", "eval_batch_size", "log_every_steps"):
-    if int(config[key]) < 1:
-      _fail(key, config[key], "must be a positive integer")
+  _validate_numbers(config)
   if config.sampler == "pk" and config.p_identities < 2:
     _fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
-  choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES}
+  choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES,
+             "nonfinite": NONFINITE}
   for key, allowed in choices.items():
     if config[key] not in allowed:
       _fail(key, config[key], f"must be one of {allowed}")
-  if not config.learning_rate > 0:
-    _fail("learning_rate", config.learning_rate, "must be positive")
-  if config.num_train_steps <= 0 and config.num_epochs <= 0:
+  if config.num_train_steps < 0 and config.num_epochs <= 0:
     _fail("num_train_steps", config.num_train_steps, "set it or config.num_epochs to a positive value")
-  for key in ("lr_decay_epochs", "lr_decay_steps"):
-    if list(config[key]) != sorted(config[key]):
-      _fail(key, config[key], "must be increasing")
   if config.lr_decay_epochs and config.lr_decay_steps:
     _fail("lr_decay_steps", config.lr_decay_steps, "set it or config.lr_decay_epochs, not both")
-  if not 0 <= config.augment.random_erasing <= 1:
-    _fail("augment.random_erasing", config.augment.random_erasing, "is a probability in [0, 1]")
-  if config.augment.pad < 0:
-    _fail("augment.pad", config.augment.pad, "must be >= 0")
-  if int(config.augment.offline_copies) < 1:
-    _fail("augment.offline_copies", config.augment.offline_copies, "must be a positive integer")
-  if not 0 <= config.augment.offline_max_shift < 0.5:
-    _fail("augment.offline_max_shift", config.augment.offline_max_shift, "must be in [0, 0.5)")
   _validate_eval(config)
   _validate_weights(config, spec)
   return config

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import PIL.Image
+from absl import logging
 from jax.experimental import multihost_utils
 
 from reid_jax import checkpoints, config_schema, data, models, sharding, viz
@@ -45,8 +46,8 @@ def extract_features(model, variables, split, config, mesh):
   spec = models.get_spec(config.model)
   embed = _embed_fn(model, spec, bool(config.flip_test), mesh)
   features = None
-  for batch in data.eval_dataset(split, config.eval_batch_size, config.image_size).as_numpy_iterator():
-    inputs = {k: v for k, v in batch.items() if k not in ("index", "valid")}
+  for batch in data.eval_batches(split, config.eval_batch_size, config.image_size):
+    inputs = {k: batch[k] for k in spec.input_keys}  # test-time inputs only (no masks)
     out = embed(variables, sharding.global_batch(mesh, inputs))
     out = np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float32)
     index = multihost_utils.process_allgather(batch["index"], tiled=True)
@@ -134,41 +135,67 @@ def _query_images(query, metrics, config, rows):
   return [DecodedImages(query)[i] for i in rows]
 
 
+class WorkdirError(OSError):
+  """A workdir that cannot be evaluated (absent, no checkpoint) or written to."""
+
+
+def _read_checkpoint(config, workdir, mesh):
+  """(variables, step, model) of the latest checkpoint in `workdir`, without classifiers;
+  raises WorkdirError without creating anything, or ConfigError when the config
+  describes another network than the checkpoint holds."""
+  if not os.path.isdir(workdir):
+    raise WorkdirError(f"The workdir {workdir} does not exist.")
+  try:
+    step_dir, step = checkpoints.find(workdir)
+  except FileNotFoundError:
+    raise WorkdirError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: "
+                       "train first with `python -m reid_jax.main`.") from None
+  model = models.get_model(config.model, 0, dtype=jnp.dtype(config.dtype),
+                           **config.model_kwargs)
+  spec = models.get_spec(config.model)
+  abstract = jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))
+  try:
+    variables = checkpoints.read_variables(step_dir, mesh, like=abstract)
+  except ValueError as e:
+    kwargs = dict(config.model_kwargs)
+    raise config_schema.ConfigError(
+        f"config.model={config.model!r} (model_kwargs {kwargs}): {e} Evaluate with the "
+        "config the run was trained with (its workdir's config.json).") from None
+  return variables, step, model
+
+
 def evaluate_workdir(config, workdir, num_ranked_queries=8):
   """Re-evaluates the latest checkpoint in `workdir`; writes `<workdir>/eval/<report>.json`,
   `.._cmc.png` and `.._ranked.png`. Returns the metrics.
 
   Only `params` and `batch_stats` are read (no optimiser is built), and no
-  classifier: a run trained on one dataset evaluates on another.
+  classifier: a run trained on one dataset evaluates on another. The metrics are
+  logged before any report is written; a report that cannot be written raises
+  WorkdirError.
   """
   config_schema.validate(config)
   mesh = sharding.create_mesh()
-  try:
-    step_dir, step = checkpoints.find(workdir)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: "
-                            "train first with `python -m reid_jax.main`.") from None
+  variables, step, model = _read_checkpoint(config, workdir, mesh)
   dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
   query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
-  model = models.get_model(config.model, 0, dtype=jnp.dtype(config.dtype),
-                           **config.model_kwargs)
-  spec = models.get_spec(config.model)
-  abstract = jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))
-  variables = checkpoints.read_variables(step_dir, mesh, like=abstract)
   metrics = evaluate_model(model, variables, query, gallery, config, mesh, return_details=True)
-
+  logging.info("%s on %s, step %d | %s", config.model, config.dataset, step,
+               format_metrics(metrics))
   name = _report_name(step, config)
   out = os.path.join(workdir, "eval")
-  os.makedirs(out, exist_ok=True)
-  payload = {"step": step, "eval": config.eval.to_dict(), "flip_test": bool(config.flip_test),
-             **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
-             "num_valid_queries": int(metrics["num_valid_queries"])}
-  _write_json_atomically(os.path.join(out, f"{name}.json"), payload)
-  viz.plot_cmc(metrics["cmc"], os.path.join(out, f"{name}_cmc.png"),
-               title=f"{config.model} on {config.dataset}, step {step}")
-  valid = np.flatnonzero(~np.isnan(metrics["ap"]))
-  rows = valid[np.linspace(0, len(valid) - 1, min(num_ranked_queries, len(valid))).astype(int)]
-  viz.plot_ranked_lists(_query_images(query, metrics, config, rows), DecodedImages(gallery),
-                        metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
-                        os.path.join(out, f"{name}_ranked.png"))
+  try:
+    os.makedirs(out, exist_ok=True)
+    payload = {"step": step, "eval": config.eval.to_dict(), "flip_test": bool(config.flip_test),
+               **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
+               "num_valid_queries": int(metrics["num_valid_queries"])}
+    _write_json_atomically(os.path.join(out, f"{name}.json"), payload)
+    viz.plot_cmc(metrics["cmc"], os.path.join(out, f"{name}_cmc.png"),
+                 title=f"{config.model} on {config.dataset}, step {step}")
+    valid = np.flatnonzero(~np.isnan(metrics["ap"]))
+    rows = valid[np.linspace(0, len(valid) - 1, min(num_ranked_queries, len(valid))).astype(int)]
+    viz.plot_ranked_lists(_query_images(query, metrics, config, rows), DecodedImages(gallery),
+                          metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
+                          os.path.join(out, f"{name}_ranked.png"))
+  except OSError as e:
+    raise WorkdirError(f"Cannot write the reports to {out}: {e.strerror or e}.") from None
   return metrics

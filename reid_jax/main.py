@@ -42,8 +42,8 @@ def main(argv):
   if _DISTRIBUTED.value:
     import jax
     jax.distributed.initialize()
-  from reid_jax import checkpoints, evaluate, train
-  from reid_jax.data import market_layout
+  from reid_jax import checkpoints, evaluate, interrupts, train, workdir_lock
+  from reid_jax.data import market_layout, pipeline
   checkpoints.quiet_logs()
   config = _CONFIG.value
   try:
@@ -54,8 +54,12 @@ def main(argv):
     metrics = train.train_and_evaluate(config, _WORKDIR.value)
   except market_layout.DatasetNotFoundError as e:
     sys.exit(f"error: {e}\nWith reid_jax.main, --config.manual_dir=DIR names that folder.")
-  except config_schema.ConfigError as e:
+  except (config_schema.ConfigError, pipeline.DataError, evaluate.WorkdirError,
+          workdir_lock.WorkdirLockedError, train.NonFiniteError) as e:
     sys.exit(f"error: {e}")
+  except interrupts.Interrupted as e:
+    sys.stderr.write(f"{e}\n")
+    sys.exit(128 + e.signum)
   logging.info("Final: %s", evaluate.format_metrics(metrics))
   print(f"Final evaluation on {config.dataset}: {evaluate.format_metrics(metrics)}")
 

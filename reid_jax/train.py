@@ -7,8 +7,10 @@ module the batch inputs its `NetworkSpec` declares and the loss the outputs, the
 whole batch and the params. Checkpoints (orbax) hold the whole state; the input
 pipeline is a pure function of the step, so resuming is exact.
 """
+import contextlib
 import functools
 import os
+import signal
 import time
 from typing import Any
 
@@ -20,8 +22,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from reid_jax import (checkpoints, config_schema, data, evaluate, models, optimizers, pretrained,
-                      sharding)
+from reid_jax import (checkpoints, config_schema, data, evaluate, interrupts, models, optimizers,
+                      pretrained, sharding, workdir_lock)
 
 
 class TrainState(train_state.TrainState):
@@ -88,8 +90,19 @@ def train_step(state, batch, rng, *, spec, loss_kwargs):
     return loss, (parts, updates["batch_stats"])
 
   (loss, (parts, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  return state, {"loss": loss, **parts}
+  finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(batch_stats)
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  # A non-finite step changes nothing but the step count, so the state (and every
+  # checkpoint of it) stays finite; the loop stops or skips on `finite`.
+  state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated,
+                       state.replace(step=updated.step))
+  return state, {"loss": loss, **parts, "finite": finite}
+
+
+def all_finite(tree):
+  """Whether every leaf of `tree` is finite: a scalar bool array."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def compile_train_step(mesh, spec, loss_kwargs):
@@ -106,24 +119,47 @@ def save_config(workdir, config):
     f.write(config.to_json_best_effort(indent=2))
 
 
+class NonFiniteError(FloatingPointError):
+  """A training step's loss or gradients were not finite (config.nonfinite='stop')."""
+
+
+def _nonfinite_message(step, step_metrics, latest):
+  parts = ", ".join(f"{k}={float(v):.6g}" for k, v in jax.device_get(step_metrics).items()
+                    if k != "finite")
+  kept = (f"the latest checkpoint, step {latest}, holds finite weights" if latest is not None
+          else "no checkpoint was written")
+  return (f"step {step}: the loss or its gradients are not finite ({parts}). The update was not "
+          f"applied and the run stopped; {kept}. Lower config.learning_rate, or set "
+          "config.nonfinite='skip' to skip such steps (bf16 runs).")
+
+
 def train_and_evaluate(config, workdir):
   """Trains `config.model` on `config.dataset`, evaluating and checkpointing in `workdir`.
 
-  Returns the final evaluation metrics.
+  Returns the final evaluation metrics. Holds the workdir (`workdir_lock`) for the
+  whole run. Raises NonFiniteError at a non-finite step (`config.nonfinite`),
+  and `interrupts.Interrupted` on SIGINT/SIGTERM once the checkpoint in flight is
+  complete, naming the step to resume from.
   """
   config_schema.validate(config)
-  mesh = sharding.create_mesh()
   batch_size = config_schema.train_batch_size(config)
   if batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
     raise ValueError(f"Batch sizes {batch_size} (train) and {config.eval_batch_size} "
                      f"(eval_batch_size) must divide among {jax.device_count()} devices.")
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    save_config(workdir, config)
+  with contextlib.ExitStack() as stack:
+    if jax.process_index() == 0:
+      stack.enter_context(workdir_lock.hold(workdir))
+      save_config(workdir, config)
+    return _train(config, workdir)
 
+
+def _train(config, workdir):
+  mesh = sharding.create_mesh()
+  batch_size = config_schema.train_batch_size(config)
   dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
   train_split = data.load_split(dataset, "train")
-  config_schema.check_dataset_inputs(config, train_split, dataset.info)
+  config_schema.check_against_dataset(config, train_split, dataset.info)
   query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
   # An epoch passes over every (offline-translated) copy of every training image.
   steps_per_epoch = max(1, data.train_size(train_split, config) // batch_size)
@@ -155,26 +191,48 @@ def train_and_evaluate(config, workdir):
     return metrics
 
   metrics = None
-  if start_step == 0 and config.eval_at_start:
-    metrics = run_evaluation(0)
-  batches = data.train_dataset(train_split, config, start_step).as_numpy_iterator()
-  report_progress(start_step, time.monotonic())
-  window = []
-  for step in range(start_step + 1, total_steps + 1):
-    batch = sharding.global_batch(mesh, next(batches))
-    state, step_metrics = step_fn(state, batch, step_rng)
-    window.append(step_metrics)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
-      summary["learning_rate"] = float(schedule(step - 1))
-      writer.write_scalars(step, summary)
+  step = start_step
+  try:
+    with interrupts.as_exception():
+      if start_step == 0 and config.eval_at_start:
+        metrics = run_evaluation(0)
+      batches = data.train_batches(train_split, config, start_step)  # fails as data.DataError
+      report_progress(start_step, time.monotonic())
       window = []
-    report_progress(step, time.monotonic())
-    if step % config.checkpoint_every_steps == 0 or step == total_steps:
-      ckpt_manager.save(step, args=ocp.args.StandardSave(state))
-    if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
-      metrics = run_evaluation(step)
-  ckpt_manager.wait_until_finished()
+      for step in range(start_step + 1, total_steps + 1):
+        batch = sharding.global_batch(mesh, next(batches))
+        state, step_metrics = step_fn(state, batch, step_rng)
+        # One host sync per step: a non-finite step must be known before anything is saved.
+        if not bool(step_metrics.pop("finite")):
+          if config.nonfinite == "stop":
+            ckpt_manager.wait_until_finished()
+            raise NonFiniteError(_nonfinite_message(step, step_metrics, ckpt_manager.latest_step()))
+          logging.warning("step %d: non-finite loss or gradients; the update was skipped.", step)
+        else:
+          window.append(step_metrics)
+        if window and (step % config.log_every_steps == 0 or step == total_steps):
+          summary = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+          summary["learning_rate"] = float(schedule(step - 1))
+          writer.write_scalars(step, summary)
+          window = []
+        report_progress(step, time.monotonic())
+        if step % config.checkpoint_every_steps == 0 or step == total_steps:
+          ckpt_manager.save(step, args=ocp.args.StandardSave(state))
+        if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
+          metrics = run_evaluation(step)
+      ckpt_manager.wait_until_finished()
+  except interrupts.Interrupted as e:
+    with interrupts.as_exception():  # a second signal abandons the write in flight
+      try:
+        ckpt_manager.wait_until_finished()
+      except interrupts.Interrupted:
+        pass
+    latest = checkpoints.latest_step(workdir)
+    resume = (f"the checkpoint of step {latest} is complete: rerun the same command to resume "
+              "from it" if latest is not None else "no checkpoint was written yet")
+    raise interrupts.Interrupted(
+        e.signum, f"Interrupted by {signal.Signals(e.signum).name} during step {step}; {resume}."
+    ) from None
   writer.flush()
   if metrics is None:  # resumed after the last step: evaluate what was restored
     metrics = run_evaluation(start_step)

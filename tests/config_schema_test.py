@@ -47,6 +47,21 @@ def test_unknown_config_argument_is_an_error():
     ("augment.offline_copies", 0, r"config.augment.offline_copies=0: must be a positive integer"),
     ("augment.offline_max_shift", 0.5, r"config.augment.offline_max_shift=0.5: must be in"),
     ("pretrained", "/nonexistent/resnet50.safetensors", r"config.pretrained=.*no such file"),
+    ("checkpoint_every_steps", 0, r"config.checkpoint_every_steps=0: must be a positive integer"),
+    ("keep_checkpoints", 0, r"config.keep_checkpoints=0: must be a positive integer"),
+    ("seed", -1, r"config.seed=-1: must be an integer in \[0, 2\*\*31\)"),
+    ("eval.max_rank", 0, r"config.eval.max_rank=0: must be a positive integer"),
+    ("eval.lambda_value", 2.0, r"config.eval.lambda_value=2.0: must be in \[0, 1\]"),
+    ("eval_every_steps", -5, r"config.eval_every_steps=-5: must be an integer >= 0"),
+    ("num_train_steps", 0, r"config.num_train_steps=0: must be a positive integer, or -1"),
+    ("num_epochs", 0.0, r"config.num_epochs=0.0: must be positive, or -1"),
+    ("learning_rate", float("nan"), r"config.learning_rate=nan: must be positive and finite"),
+    ("weight_decay", -1e-4, r"config.weight_decay=-0.0001: must be >= 0"),
+    ("momentum", 1.0, r"config.momentum=1.0: must be in \[0, 1\)"),
+    ("lr_decay_factor", 0.0, r"config.lr_decay_factor=0.0: must be in \(0, 1\]"),
+    ("lr_decay_epochs", (60, 40), r"config.lr_decay_epochs=\(60, 40\): must be increasing"),
+    ("lr_decay_epochs", (-1, 40), r"config.lr_decay_epochs=-1: must be positive"),
+    ("image_size", (64.5, 32), r"config.image_size=\(64.5, 32\): must be \(height, width\)"),
 ])
 def test_bad_values_name_their_key(key, value, message):
   config = mgn.get_config()
@@ -70,6 +85,14 @@ def test_bad_mpn_values_name_their_key(key, value, message):
   group, leaf = key.split(".")
   config[group][leaf] = value
   with pytest.raises(config_schema.ConfigError, match=message):
+    config_schema.validate(config)
+
+
+def test_a_wrong_type_is_named_too():
+  # ml_collections refuses most type changes itself; a config built another way is checked.
+  config = mgn.get_config()
+  config.augment = dict(config.augment, pad=2.5)
+  with pytest.raises(config_schema.ConfigError, match=r"config.augment.pad=2.5: must be an integer"):
     config_schema.validate(config)
 
 

@@ -4,7 +4,8 @@ Importing this package registers the builders `synthetic_reid`, `market1501` and
 `dukemtmc_reid` with tfds.
 """
 from reid_jax.data import dukemtmc_reid, market1501, synthetic_reid  # noqa: F401  registration
-from reid_jax.data.pipeline import (Split, builder, eval_dataset, load_split, train_dataset,
-                                    train_size)
+from reid_jax.data.pipeline import (Batches, DataError, Split, builder, eval_batches, eval_dataset,
+                                    load_split, train_batches, train_dataset, train_size)
 
-__all__ = ["Split", "builder", "eval_dataset", "load_split", "train_dataset", "train_size"]
+__all__ = ["Batches", "DataError", "Split", "builder", "eval_batches", "eval_dataset", "load_split",
+           "train_batches", "train_dataset", "train_size"]

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reid_jax.metrics import validate
+
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 # Entries of one distance block (128 MB of float32). Its largest intermediate in the
 # evaluator, 16-bit codes for half the entries, then stays within glibc's 32 MiB mmap
@@ -38,8 +40,7 @@ class Gallery(NamedTuple):
 
 
 def check_metric(metric):
-  if metric not in METRICS:
-    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+  validate.choice(metric, "metric", METRICS)
 
 
 def chunk_rows(num_gallery, num_queries=None, block_elements=BLOCK_ELEMENTS):
@@ -140,9 +141,14 @@ def pairwise_distance(q, g, metric="euclidean", block_elements=BLOCK_ELEMENTS):
   """The [len(q), len(g)] float32 distance matrix as a numpy array.
 
   Computed in blocks of about `block_elements` entries, so memory beyond the
-  returned matrix stays bounded whatever the sizes.
+  returned matrix stays bounded whatever the sizes. Inputs are checked first
+  (`validate`): TypeError for non-real dtypes; ValueError for q / g that are not
+  2-D, are empty, differ in dimension, or have NaN / inf entries or overflowing norms.
   """
-  q = np.asarray(q, np.float32)
+  q, g = validate.features(q, "q", "query"), validate.features(g, "g", "gallery")
+  validate.same_dim(q, "q", g, "g")
+  check_metric(metric)
+  validate.finite_features(q, "q"), validate.finite_features(g, "g")
   gallery = prepare_gallery(g, metric)
   out = np.empty((len(q), len(gallery.features)), np.float32)
   rows = chunk_rows(out.shape[1], len(q), block_elements)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from reid_jax.metrics import cuhk03, distance, multi_query, rank
+from reid_jax.metrics import cuhk03, distance, multi_query, rank, validate
 from reid_jax.metrics import rerank as rerank_lib
 
 PROTOCOLS = ("market", "cuhk03")
@@ -31,11 +31,19 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.
 WORKERS = min(4, CPUS)
 
 
-def _ids(x, name, n=None):
-  x = np.asarray(x)
-  if x.ndim != 1 or (n is not None and len(x) != n) or not np.issubdtype(x.dtype, np.integer):
-    raise ValueError(f"{name} must be a 1-D integer array" + (f" of length {n}" if n else ""))
-  return x.astype(np.int32)
+def _labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, rows, cols):
+  """The four label arrays, validated (`validate.ids`) against num_q queries and num_g
+  gallery items; rows / cols say where those numbers come from."""
+  return (validate.ids(q_pids, "q_pids", num_q, rows), validate.ids(g_pids, "g_pids", num_g, cols),
+          validate.ids(q_camids, "q_camids", num_q, rows),
+          validate.ids(g_camids, "g_camids", num_g, cols))
+
+
+def _options(max_rank, protocol, num_repeats):
+  validate.positive_int(max_rank, "max_rank")
+  validate.choice(protocol, "protocol", PROTOCOLS)
+  if protocol == "cuhk03":
+    validate.positive_int(num_repeats, "num_repeats")
 
 
 def _match_counts(q_pids, q_camids, g_pids, g_camids):
@@ -103,10 +111,6 @@ def _evaluate(rows_fn, rows, num_gallery, q_pids, g_pids, q_camids, g_camids, ma
   the end when no other block is left to overlap with; blocks run on a few threads
   (XLA and BLAS release the GIL).
   """
-  if protocol not in PROTOCOLS:
-    raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-  if max_rank < 1:
-    raise ValueError(f"max_rank must be >= 1, got {max_rank}")
   num_q = len(q_pids)
   n = _match_counts(q_pids, q_camids, g_pids, g_camids)
   dev_g_pids, dev_g_camids = jnp.asarray(g_pids), jnp.asarray(g_camids)
@@ -193,11 +197,21 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, prot
   `num_repeats` single-shot galleries drawn with `seed`. With return_details also
   per-query 'ap', 'inp' (NaN when skipped), 'ranked_indices' [num_query, 10] (nearest
   valid gallery items) and 'ranked_matches' (whether each has the query's id).
-  distmat may be a numpy or jax array; float64 is compared in float64.
+  distmat may be a numpy or jax array (or anything np.asarray takes) of a real dtype;
+  float64 is compared in float64.
+
+  Inputs are checked first (`validate`): TypeError for a non-real distmat dtype or
+  non-integer ids / cameras, ValueError for a distmat that is not 2-D, has no rows
+  or columns, or has NaN / inf entries, for label lengths that differ from its rows
+  (q_*) or columns (g_*), and for bad options.
   """
-  num_q, num_g = np.shape(distmat)
-  q_pids, g_pids = _ids(q_pids, "q_pids", num_q), _ids(g_pids, "g_pids", num_g)
-  q_camids, g_camids = _ids(q_camids, "q_camids", num_q), _ids(g_camids, "g_camids", num_g)
+  distmat = validate.distances(distmat, "distmat")
+  num_q, num_g = distmat.shape
+  q_pids, g_pids, q_camids, g_camids = _labels(
+      q_pids, g_pids, q_camids, g_camids, num_q, num_g, "the number of rows of distmat",
+      "the number of columns of distmat")
+  _options(max_rank, protocol, num_repeats)
+  validate.finite(distmat, "distmat")
   wide = np.dtype(distmat.dtype) == np.float64 or (
       np.issubdtype(distmat.dtype, np.integer) and np.abs(distmat).max(initial=0) >= 2**24)
   dtype = np.float64 if wide else np.float32
@@ -223,13 +237,25 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
   'query_indices' (each one's first original query, e.g. for the ranked-list figure).
   rerank: k-reciprocal re-ranking (Zhong et al., CVPR 2017) with k1, k2, lambda_value
   on the `metric` distances of queries and gallery together.
+
+  Inputs are checked first (`validate`): TypeError for non-real feature dtypes or
+  non-integer ids / cameras, ValueError for features that are not 2-D, empty, of
+  different dimensions, with NaN / inf entries or overflowing norms, for label
+  lengths that differ from len(qf) (q_*) or len(gf) (g_*), and for bad options.
   """
+  qf, gf = validate.features(qf, "qf", "query"), validate.features(gf, "gf", "gallery")
+  validate.same_dim(qf, "qf", gf, "gf")
+  q_pids, g_pids, q_camids, g_camids = _labels(q_pids, g_pids, q_camids, g_camids, len(qf), len(gf),
+                                               "len(qf)", "len(gf)")
   distance.check_metric(metric)
-  qf, gf = np.asarray(qf, np.float32), np.asarray(gf, np.float32)
-  q_pids, g_pids = _ids(q_pids, "q_pids", len(qf)), _ids(g_pids, "g_pids", len(gf))
-  q_camids, g_camids = _ids(q_camids, "q_camids", len(qf)), _ids(g_camids, "g_camids", len(gf))
+  _options(max_rank, protocol, num_repeats)
   if query_pooling:
-    qf, q_pids, q_camids, first = multi_query.pool_queries(qf, q_pids, q_camids, query_pooling)
+    validate.choice(query_pooling, "query_pooling", multi_query.POOLINGS)
+  if rerank:
+    validate.fraction(lambda_value, "lambda_value")  # k1, k2: checked by KReciprocal
+  validate.finite_features(qf, "qf"), validate.finite_features(gf, "gf")
+  if query_pooling:
+    qf, q_pids, q_camids, first = multi_query.pool(qf, q_pids, q_camids, query_pooling)
   rows = distance.chunk_rows(len(gf), len(qf))
   if rerank:
     reranker = rerank_lib.KReciprocal(qf, gf, metric, k1=k1, k2=k2)

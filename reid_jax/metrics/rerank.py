@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from reid_jax.metrics import distance
+from reid_jax.metrics import distance, validate
 
 BLOCK_ELEMENTS = 1 << 22  # distances per block of rows
 ROWS_PER_STEP = 256  # rows per step of the sparse stages
@@ -219,28 +219,51 @@ class _Matrices:
                                 np.where(qb, self.q_g[cb, ga], self.g_g[ga, gb])))
 
 
+def _check_k(k1, k2, n):
+  validate.positive_int(k1, "k1"), validate.positive_int(k2, "k2")
+  if not k2 <= k1 + 1 or n <= k1:
+    raise ValueError(f"k1 and k2 must satisfy 1 <= k2 <= k1 + 1 < queries + gallery, got k1={k1}, "
+                     f"k2={k2} with {n} queries + gallery")
+
+
 class KReciprocal:
   """The k-reciprocal encoding of queries and gallery together; `final_rows` re-ranks.
 
   Built from features (`qf`, `gf`, `metric`) or from torchreid's three distance
   matrices (`KReciprocal.from_distances`).
+
+  Inputs are checked first (`validate`): TypeError for non-real dtypes or non-integer
+  k1 / k2; ValueError for arrays that are not 2-D, are empty, disagree in shape or
+  dimension, or have NaN / inf entries, and for k1 / k2 out of range.
   """
 
   def __init__(self, qf, gf, metric="euclidean", k1=20, k2=6):
+    qf, gf = validate.features(qf, "qf", "query"), validate.features(gf, "gf", "gallery")
+    validate.same_dim(qf, "qf", gf, "gf")
     distance.check_metric(metric)
-    x = np.concatenate([np.asarray(qf, np.float32), np.asarray(gf, np.float32)])
-    self._init(len(qf), _Features(x, metric), k1, k2)
+    _check_k(k1, k2, len(qf) + len(gf))
+    validate.finite_features(qf, "qf"), validate.finite_features(gf, "gf")
+    self._init(len(qf), _Features(np.concatenate([qf, gf]), metric), k1, k2)
 
   @classmethod
   def from_distances(cls, q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6):
+    """From torchreid's [num_query, num_gallery], [num_query, num_query] and
+    [num_gallery, num_gallery] distance matrices."""
+    q_g_dist = validate.distances(q_g_dist, "q_g_dist")
+    q_q_dist = validate.distances(q_q_dist, "q_q_dist", "query", "query")
+    g_g_dist = validate.distances(g_g_dist, "g_g_dist", "gallery", "gallery")
+    num_q, num_g = q_g_dist.shape
+    validate.shape(q_q_dist, "q_q_dist", (num_q, num_q), "the shape of q_g_dist")
+    validate.shape(g_g_dist, "g_g_dist", (num_g, num_g), "the shape of q_g_dist")
+    _check_k(k1, k2, num_q + num_g)
+    for x, name in ((q_g_dist, "q_g_dist"), (q_q_dist, "q_q_dist"), (g_g_dist, "g_g_dist")):
+      validate.finite(x, name)
     self = cls.__new__(cls)
-    self._init(len(q_q_dist), _Matrices(q_g_dist, q_q_dist, g_g_dist), k1, k2)
+    self._init(num_q, _Matrices(q_g_dist, q_q_dist, g_g_dist), k1, k2)
     return self
 
   def _init(self, num_q, source, k1, k2):
-    n = len(source)
-    if k1 < 1 or not 1 <= k2 <= k1 + 1 or n <= k1:
-      raise ValueError(f"need 1 <= k2 <= k1 + 1 < queries + gallery, got k1={k1}, k2={k2}, n={n}")
+    n = len(source)  # k1, k2: checked by the constructors (`_check_k`)
     self.num_q, self.n, self._source = num_q, n, source
     self._rows = distance.chunk_rows(n, n, BLOCK_ELEMENTS)
     blocks = (np.minimum(np.arange(s, s + self._rows), n - 1) for s in range(0, n, self._rows))
@@ -260,6 +283,7 @@ class KReciprocal:
 
   def final_rows(self, rows, lambda_value=0.3):
     """Re-ranked [len(rows), num_gallery] distances of the queries `rows` (Eq. 12)."""
+    validate.fraction(lambda_value, "lambda_value")
     rows, num_g = np.asarray(rows), self.n - self.num_q
     q_idx, q_val, per_row = _query_entries(self.v_idx, self.v_val, self._index[0], rows)
     q_idx, per_row = np.asarray(q_idx), np.asarray(per_row)
@@ -298,10 +322,14 @@ def _all_rows(reranker, lambda_value):
 
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-  """Re-ranked [num_query, num_gallery] distances from torchreid's three inputs."""
+  """Re-ranked [num_query, num_gallery] distances from torchreid's three inputs
+  (checked as in `KReciprocal`; lambda_value in [0, 1])."""
+  validate.fraction(lambda_value, "lambda_value")
   return _all_rows(KReciprocal.from_distances(q_g_dist, q_q_dist, g_g_dist, k1, k2), lambda_value)
 
 
 def re_ranking_features(qf, gf, metric="euclidean", k1=20, k2=6, lambda_value=0.3):
-  """Re-ranked [num_query, num_gallery] distances of features under `metric`."""
+  """Re-ranked [num_query, num_gallery] distances of features under `metric`
+  (checked as in `KReciprocal`; lambda_value in [0, 1])."""
+  validate.fraction(lambda_value, "lambda_value")
   return _all_rows(KReciprocal(qf, gf, metric, k1, k2), lambda_value)

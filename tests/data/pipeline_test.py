@@ -369,3 +369,32 @@ def test_load_split_reads_masks_as_the_metadata_says(tmp_path, mask_feature, has
   assert (split.masks is not None) == expected
   if expected:
     assert [augment.decode(m, 1, (4, 2)).numpy().max() for m in split.masks] == [0, 255]
+  assert split.name == "train" and split.dataset == "tiny_reid"  # for error messages
+
+
+def test_train_and_eval_batches_are_the_datasets_as_numpy():
+  split = _split()
+  config = _config()
+  for ours, theirs in zip(_take_batches(pipeline.train_batches(split, config, start_step=2), 3),
+                          _take(pipeline.train_dataset(split, config, start_step=2), 3)):
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+      np.testing.assert_array_equal(ours[k], theirs[k])
+  ours = list(pipeline.eval_batches(split, 5, (H, W)))
+  theirs = _take(pipeline.eval_dataset(split, 5, (H, W)), 100)
+  assert len(ours) == len(theirs) == 5
+  for a, b in zip(ours, theirs):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+
+
+def _take_batches(batches, n):
+  taken = [b for _, b in zip(range(n), batches)]
+  batches.close()
+  return taken
+
+
+def test_split_describes_itself_for_error_messages():
+  assert pipeline.Split(*[None] * 6, name="query", dataset="market1501").describe() == \
+      "split 'query' of market1501"
+  assert pipeline.Split(*[None] * 6).describe() == "the split"

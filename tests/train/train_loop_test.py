@@ -1,6 +1,7 @@
 """The training loop end to end: checkpoints, exact resume, metrics on disk."""
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -63,4 +64,20 @@ def test_invalid_config_fails_before_anything_is_built(tmp_path, tiny_mlfn_confi
   tiny_mlfn_config.optimizer = "adagrad"
   with pytest.raises(ValueError, match=r"config.optimizer='adagrad'.*adam"):
     train.train_and_evaluate(tiny_mlfn_config, str(tmp_path))
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(p_identities=200), r"config.p_identities=200: the train split of 'synthetic_reid/small' "
+                             r"has only 120 identities"),
+    (dict(sampler="random", batch_size=5000), r"config.batch_size=5000: the train split of "
+                                              r"'synthetic_reid/small' has only 1234 images"),
+])
+def test_values_the_data_cannot_serve_fail_once_it_loads_before_compiling(
+    tmp_path, tiny_mlfn_config, overrides, message):
+  tiny_mlfn_config.update(overrides)
+  start = time.monotonic()
+  with pytest.raises(config_schema.ConfigError, match=message):
+    train.train_and_evaluate(tiny_mlfn_config, str(tmp_path))
+  assert time.monotonic() - start < 15  # the dataset loads; nothing compiles
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
