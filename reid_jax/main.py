@@ -5,10 +5,14 @@
 """
 import sys
 
+import jax
+import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reid_jax import config_schema
+from reid_jax import (checkpoints, config_overrides, config_schema, data, evaluate, interrupts,
+                      train, workdir_lock)
+from reid_jax.data import market_layout
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlfn.py[:synthetic].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
@@ -28,22 +32,19 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except (AttributeError, KeyError):
     override = next((a for a in argv[1:] if a.startswith("--config.")
-                     and config_schema.unknown_override(argv, a)), None)
+                     and config_overrides.unknown_override(argv, a)), None)
     if override is None:
       raise
-    sys.exit(f"error: {config_schema.unknown_override(argv, override)}")
+    sys.exit(f"error: {config_overrides.unknown_override(argv, override)}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  import tensorflow as tf
+  # Neither call may come after the first use of a device (imports use none).
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
   if _DISTRIBUTED.value:
-    import jax
     jax.distributed.initialize()
-  from reid_jax import checkpoints, evaluate, interrupts, train, workdir_lock
-  from reid_jax.data import market_layout, pipeline
   checkpoints.quiet_logs()
   config = _CONFIG.value
   try:
@@ -54,7 +55,7 @@ def main(argv):
     metrics = train.train_and_evaluate(config, _WORKDIR.value)
   except market_layout.DatasetNotFoundError as e:
     sys.exit(f"error: {e}\nWith reid_jax.main, --config.manual_dir=DIR names that folder.")
-  except (config_schema.ConfigError, pipeline.DataError, evaluate.WorkdirError,
+  except (config_schema.ConfigError, data.DataError, evaluate.WorkdirError,
           workdir_lock.WorkdirLockedError, train.NonFiniteError) as e:
     sys.exit(f"error: {e}")
   except interrupts.Interrupted as e:

@@ -10,19 +10,6 @@ from flax import traverse_util
 from reid_jax import checkpoints, config_schema, models, sharding, train
 
 
-@pytest.fixture(scope="module")
-def two_step_run(tmp_path_factory, synthetic_data_dir):
-  """A workdir with a tiny MLFN trained for 2 steps on synthetic_reid (120 classes)."""
-  c = config_schema.base_config("mlfn")
-  c.model_kwargs = dict(width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=32)
-  c.dataset, c.data_dir, c.image_size = "synthetic_reid/small", synthetic_data_dir, (64, 32)
-  c.p_identities, c.k_instances, c.eval_batch_size = 4, 2, 200
-  c.num_train_steps, c.checkpoint_every_steps, c.eval_every_steps = 2, 1, 0
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train.train_and_evaluate(c, workdir)
-  return c, workdir
-
-
 def test_find_accepts_a_workdir_its_checkpoints_folder_or_one_step(two_step_run, tmp_path):
   _, workdir = two_step_run
   latest = os.path.join(workdir, "checkpoints", "2")

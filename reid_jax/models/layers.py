@@ -1,4 +1,5 @@
-"""Building blocks the networks share: initialisation, BatchNorm, identity classifier."""
+"""Building blocks the networks share: initialisation, BatchNorm, identity classifier,
+horizontal stripes."""
 import flax.linen as nn
 
 # Kaiming-normal (fan_out), as torchvision and torchreid initialise convolutions.
@@ -16,3 +17,11 @@ def batch_norm(train, dtype, name):
 def classifier(num_classes, dtype, name="classifier"):
   """Identity classifier: a linear layer with N(0, 0.01) weights and zero bias."""
   return nn.Dense(num_classes, kernel_init=nn.initializers.normal(0.01), dtype=dtype, name=name)
+
+
+def stripe_bounds(height: int, num_parts: int) -> list:
+  """(first, end) rows of each of `num_parts` horizontal stripes of `height` rows:
+  floor(k h / K) .. ceil((k + 1) h / K), torch's adaptive pooling bands, which are the
+  uniform division when K divides h and overlap by a row otherwise."""
+  return [((k * height) // num_parts, -((-(k + 1) * height) // num_parts))
+          for k in range(num_parts)]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from reid_jax import losses
 from reid_jax.models import resnet
-from reid_jax.models.layers import batch_norm, classifier
+from reid_jax.models.layers import batch_norm, classifier, stripe_bounds
 from reid_jax.models.spec import NetworkSpec
 
 # Kaiming-normal (fan_in) for the reductions, as MGN-pytorch initialises them.
@@ -29,9 +29,8 @@ def stripe_max_pool(x, stripes):
   Bands follow torch's adaptive pooling, rows floor(i H / n) .. ceil((i + 1) H / n),
   which is the uniform split when n divides H and overlaps by a row otherwise.
   """
-  height = x.shape[1]
-  bounds = [((i * height) // stripes, -((-(i + 1) * height) // stripes)) for i in range(stripes)]
-  return jnp.stack([jnp.max(x[:, top:bottom], axis=(1, 2)) for top, bottom in bounds])
+  return jnp.stack([jnp.max(x[:, top:bottom], axis=(1, 2))
+                    for top, bottom in stripe_bounds(x.shape[1], stripes)])
 
 
 class Reduction(nn.Module):

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reid_jax.models import layers
+
 PRIORS = ("mask", "roi", "uniform")
 # A body spanning less than this fraction of the map's height is taken as a failed
 # segmentation (the paper's head-and-legs check needs a parsing map a binary mask lacks).
@@ -113,13 +115,6 @@ def part_inputs(features: jax.Array, mask, prior: str = "mask") -> jax.Array:
   return jnp.einsum("bij,bjwc->biwc", resize, features)
 
 
-def stripe_bounds(height: int, num_parts: int) -> list:
-  """(first, end) rows of each of `num_parts` horizontal stripes of `height` rows:
-  floor(k h / K) .. ceil((k + 1) h / K), the uniform division when K divides h."""
-  return [((k * height) // num_parts, -((-(k + 1) * height) // num_parts))
-          for k in range(num_parts)]
-
-
 def stripes(x: jax.Array, num_parts: int) -> list:
   """[B, h, w, C] -> `num_parts` maps [B, rows_k, w, C], top to bottom (the P_k)."""
-  return [x[:, first:end] for first, end in stripe_bounds(x.shape[1], num_parts)]
+  return [x[:, first:end] for first, end in layers.stripe_bounds(x.shape[1], num_parts)]

@@ -20,6 +20,7 @@ import pytest
 
 from reid_jax import config_schema, evaluate, sharding
 from reid_jax.data import augment, pipeline
+from reid_jax.data import batches as batches_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H, W = 32, 16
@@ -64,10 +65,10 @@ def _config():
 
 
 def test_a_corrupt_training_image_raises_data_error_naming_it_at_once():
-  batches = pipeline.train_batches(_split(bad=(3,)), _config())
+  batches = batches_lib.train_batches(_split(bad=(3,)), _config())
   tf_iterator = weakref.ref(batches._iterator)
   start = time.monotonic()
-  with pytest.raises(pipeline.DataError) as error:
+  with pytest.raises(batches_lib.DataError) as error:
     next(batches)
   assert time.monotonic() - start < 30
   assert str(error.value) == (
@@ -80,8 +81,8 @@ def test_a_corrupt_training_image_raises_data_error_naming_it_at_once():
 
 
 def test_every_corrupt_image_and_mask_of_the_failing_batch_is_named():
-  batches = pipeline.train_batches(_split(bad=(1, 6), bad_masks=(4,), with_masks=True), _config())
-  with pytest.raises(pipeline.DataError) as error:
+  batches = batches_lib.train_batches(_split(bad=(1, 6), bad_masks=(4,), with_masks=True), _config())
+  with pytest.raises(batches_lib.DataError) as error:
     next(batches)
   message = str(error.value)
   assert message.startswith("Cannot decode ")
@@ -97,17 +98,17 @@ def test_a_failing_pipeline_without_a_bad_image_names_the_split_and_step(monkeyp
     raise RuntimeError("the sampler broke")
 
   monkeypatch.setattr(augment, "offline_shift", broken_shift)
-  batches = pipeline.train_batches(_split(), _config(), start_step=4)
-  with pytest.raises(pipeline.DataError) as error:
+  batches = batches_lib.train_batches(_split(), _config(), start_step=4)
+  with pytest.raises(batches_lib.DataError) as error:
     next(batches)
   assert str(error.value) == ("Input pipeline of split 'train' of market1501 failed on the batch "
                               "of step 5: RuntimeError: the sampler broke")
 
 
 def test_a_corrupt_evaluation_image_raises_data_error_naming_it():
-  batches = pipeline.eval_batches(_split(bad=(6,), name="gallery"), 4, (H, W))
+  batches = batches_lib.eval_batches(_split(bad=(6,), name="gallery"), 4, (H, W))
   assert list(next(batches)["index"]) == [0, 1, 2, 3]
-  with pytest.raises(pipeline.DataError) as error:
+  with pytest.raises(batches_lib.DataError) as error:
     next(batches)
   assert str(error.value) == (
       f"Cannot decode image 0006_c1s1_000006_00.jpg of split 'gallery' of market1501: {JPEG_ERROR}")
@@ -115,7 +116,7 @@ def test_a_corrupt_evaluation_image_raises_data_error_naming_it():
 
 def test_extract_features_raises_data_error_naming_the_corrupt_image():
   # The first batch fails, so nothing is embedded: no network is needed.
-  with pytest.raises(pipeline.DataError, match="image 0002_c1s1_000002_00.jpg of split 'query'"):
+  with pytest.raises(batches_lib.DataError, match="image 0002_c1s1_000002_00.jpg of split 'query'"):
     evaluate.extract_features(None, None, _split(bad=(2,), name="query"), _config(),
                               sharding.create_mesh())
 
@@ -129,7 +130,7 @@ _UNCAUGHT = textwrap.dedent("""
     import numpy as np
     sys.path.insert(0, {tests!r})
     import corrupt_image_test as t
-    from reid_jax.data import pipeline
+    from reid_jax.data import batches as batches_lib, pipeline
 
     class SlowImages(np.ndarray):
       def __getitem__(self, i):
@@ -142,9 +143,9 @@ _UNCAUGHT = textwrap.dedent("""
                      name="gallery" if mode == "gallery" else "train")
     split = pipeline.Split(**{{**split.__dict__, "images": split.images.view(SlowImages)}})
     if mode == "gallery":
-      batches = pipeline.eval_batches(split, 4, (t.H, t.W))
+      batches = batches_lib.eval_batches(split, 4, (t.H, t.W))
     else:
-      batches = pipeline.train_batches(split, t._config())
+      batches = batches_lib.train_batches(split, t._config())
     print("iterating", flush=True)
     next(batches)
     raise RuntimeError("the train step broke")  # mode 'elsewhere': the pipeline is fine

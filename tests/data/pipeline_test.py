@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from reid_jax import config_schema
 from reid_jax.data import augment, pipeline, samplers
+from reid_jax.data import batches as batches_lib
 
 H, W = 32, 16
 BACKGROUND = 60   # grey: tells the scene apart from zero padding / translation fill
@@ -375,12 +376,12 @@ def test_load_split_reads_masks_as_the_metadata_says(tmp_path, mask_feature, has
 def test_train_and_eval_batches_are_the_datasets_as_numpy():
   split = _split()
   config = _config()
-  for ours, theirs in zip(_take_batches(pipeline.train_batches(split, config, start_step=2), 3),
+  for ours, theirs in zip(_take_batches(batches_lib.train_batches(split, config, start_step=2), 3),
                           _take(pipeline.train_dataset(split, config, start_step=2), 3)):
     assert ours.keys() == theirs.keys()
     for k in ours:
       np.testing.assert_array_equal(ours[k], theirs[k])
-  ours = list(pipeline.eval_batches(split, 5, (H, W)))
+  ours = list(batches_lib.eval_batches(split, 5, (H, W)))
   theirs = _take(pipeline.eval_dataset(split, 5, (H, W)), 100)
   assert len(ours) == len(theirs) == 5
   for a, b in zip(ours, theirs):

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reid_jax.models import part_prior
+from reid_jax.models import layers, part_prior
 
 
 def test_area_matrix_is_a_block_mean_when_sizes_divide():
@@ -115,8 +115,8 @@ def test_uniform_needs_no_mask_and_stripes_divide_evenly():
   parts = part_prior.stripes(features, 6)
   assert [p.shape for p in parts] == [(1, 4, 8, 1)] * 6
   np.testing.assert_array_equal(jnp.concatenate(parts, axis=1), features)
-  assert part_prior.stripe_bounds(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
-  assert part_prior.stripe_bounds(8, 3) == [(0, 3), (2, 6), (5, 8)]
+  assert layers.stripe_bounds(8, 4) == [(0, 2), (2, 4), (4, 6), (6, 8)]
+  assert layers.stripe_bounds(8, 3) == [(0, 3), (2, 6), (5, 8)]
 
 
 def test_unknown_prior_is_an_error():

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from reid_jax import checkpoints, config_schema, models, optimizers, sharding, train
+from reid_jax import checkpoints, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,16 +45,8 @@ def test_a_non_finite_step_stops_the_run_and_keeps_only_finite_checkpoints(
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(variables))
 
 
-def test_a_skipped_step_changes_nothing_but_the_step():
-  config = config_schema.base_config("mlfn")
-  config.image_size = (64, 32)
-  model = models.get_model("mlfn", 4, width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=32)
-  mesh = sharding.create_mesh()
-  variables = train.init_variables(config, model, jax.random.key(0))
-  state = jax.device_put(
-      train.state_from_variables(model, variables, optimizers.create_optimizer(config, 5e-3)),
-      sharding.replicated(mesh))
-  step = train.compile_train_step(mesh, models.get_spec("mlfn"), {})
+def test_a_skipped_step_changes_nothing_but_the_step(tiny_mlfn_step):
+  state, step, mesh = tiny_mlfn_step
   images = np.random.default_rng(0).normal(size=(8, 64, 32, 3)).astype(np.float32)
   images[3, 5, 5, 0] = np.nan
   batch = sharding.global_batch(mesh, {"image": images,

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from reid_jax import config_schema, models, optimizers, sharding, train
+from reid_jax import config_schema, sharding, train
 
 
 def _final_params(workdir):
@@ -40,16 +40,8 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_mlfn_config):
   assert sorted(os.listdir(os.path.join(resumed, "eval"))) == ["metrics_2.json", "metrics_4.json"]
 
 
-def test_loss_goes_down_on_a_repeated_batch():
-  config = config_schema.base_config("mlfn")
-  config.image_size = (64, 32)
-  model = models.get_model("mlfn", 4, width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=32)
-  mesh = sharding.create_mesh()
-  variables = train.init_variables(config, model, jax.random.key(0))
-  state = jax.device_put(
-      train.state_from_variables(model, variables, optimizers.create_optimizer(config, 5e-3)),
-      sharding.replicated(mesh))
-  step = train.compile_train_step(mesh, models.get_spec("mlfn"), {})
+def test_loss_goes_down_on_a_repeated_batch(tiny_mlfn_step):
+  state, step, mesh = tiny_mlfn_step
   rng = np.random.default_rng(0)
   batch = sharding.global_batch(mesh, {"image": rng.normal(size=(8, 64, 32, 3)).astype(np.float32),
                                     "label": np.repeat(np.arange(4), 2).astype(np.int32)})
