@@ -3,7 +3,9 @@
 `configs/<network>.py` starts from `base_config(<network>)` and sets the paper's
 values. Two groups are other functions' own keyword arguments: `config.loss` is
 the network's loss (its defaults come from the loss's signature) and
-`config.eval` is `reid_jax.metrics.evaluate_features`. `validate(config)` runs
+`config.eval` is `reid_jax.metrics.evaluate_features` (`config.pairwise`, with
+the metric, ranks and protocol of `config.eval`, is `evaluate_scores` for a
+network that scores pairs). `validate(config)` runs
 before anything is built or compiled, so a wrong value is a `ConfigError` naming
 the key rather than a failure deep inside a jitted step.
 """
@@ -14,6 +16,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from reid_jax import checkpoints, data, metrics, models
+from reid_jax.metrics import pairwise
 from reid_jax.models import mpn
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -89,6 +92,10 @@ def base_config(model=""):
   c.eval.k1 = 20
   c.eval.k2 = 6
   c.eval.lambda_value = 0.3
+  c.pairwise = ml_collections.ConfigDict()  # pair-scoring networks (KPM): metrics.evaluate_scores
+  c.pairwise.mode = "cascade"         # re-score each query's top_k by embedding distance, or 'full'
+  c.pairwise.top_k = 75               # cascade: gallery items re-scored per query
+  c.pairwise.gallery_block = 1024     # full: gallery items scored per call of the network
   c.seed = 0
   return c
 
@@ -184,6 +191,14 @@ def _validate_eval(config):
   for key, allowed in choices.items():
     if config.eval.get(key) not in allowed:
       _fail(f"eval.{key}", config.eval.get(key), f"must be one of {allowed}")
+  if config.pairwise.mode not in pairwise.MODES:
+    _fail("pairwise.mode", config.pairwise.mode, f"must be one of {pairwise.MODES}")
+  if models.get_spec(config.model).evaluation != "pairwise":
+    return
+  for key, off in (("eval.query_pooling", None), ("eval.rerank", False), ("flip_test", False)):
+    if _lookup(config, key) != off:
+      _fail(key, _lookup(config, key), f"{config.model} scores pairs of images: it has no "
+            f"features to pool, re-rank or flip-average; leave it {off}")
 
 
 def _validate_weights(config, spec):
@@ -211,7 +226,7 @@ _RULES = (
     [(k, *_POSITIVE_INT) for k in (
         "p_identities", "k_instances", "batch_size", "eval_batch_size", "log_every_steps",
         "checkpoint_every_steps", "keep_checkpoints", "augment.offline_copies", "eval.max_rank",
-        "eval.num_repeats", "eval.k1", "eval.k2")]
+        "eval.num_repeats", "eval.k1", "eval.k2", "pairwise.top_k", "pairwise.gallery_block")]
     + [("eval_every_steps", int, lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
        ("num_train_steps", int, lambda v: v != 0, "a positive integer, or -1 to use num_epochs"),
        ("seed", int, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),

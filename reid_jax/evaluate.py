@@ -2,7 +2,9 @@
 
 `evaluate_model` scores a network the way its `NetworkSpec.evaluation` says
 ('embedding': distances between test features, streamed through the exact block
-evaluator `reid_jax.metrics.evaluate_features(**config.eval)`).
+evaluator `reid_jax.metrics.evaluate_features(**config.eval)`; 'pairwise': the
+network's scores of encoded query and gallery images through the same evaluator,
+`reid_jax.metrics.evaluate_scores(**config.pairwise)`).
 `evaluate_workdir` re-evaluates the latest checkpoint of a workdir (with
 `config.eval.rerank` or `config.eval.query_pooling` for re-ranking or
 multi-query) and writes the metrics JSON, a CMC curve and a ranked-list figure to
@@ -18,56 +20,55 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 from absl import logging
-from jax.experimental import multihost_utils
 
-from reid_jax import checkpoints, config_schema, data, models, sharding, viz
+from reid_jax import checkpoints, config_schema, data, inference, models, sharding, viz
 from reid_jax import metrics as retrieval
+from reid_jax.ops import kpm as kpm_ops
 
 REPORTED_RANKS = (1, 5, 10, 20)
 
 
 @functools.lru_cache(maxsize=8)
-def _embed_fn(model, spec, flip, mesh):
-  def embed(variables, inputs):
-    def features(inputs):
-      args, kwargs = spec.apply_inputs(inputs)
-      return model.apply(variables, *args, train=False, **kwargs)["embedding"]
-    out = features(inputs)
-    if flip:  # average with the mirrored image's feature
-      out = (out + features(jax.tree.map(lambda x: x[:, :, ::-1], inputs))) / 2
-    return out
+def _score_fn(model):
+  def score(variables, query, gallery, q, g):
+    take = lambda tree, idx: jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+    return model.apply(variables, take(query, q[None]), take(gallery, g), method="score")[0]
 
-  return jax.jit(embed, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                 out_shardings=sharding.batch_sharded(mesh))
+  return jax.jit(score)
 
 
-def extract_features(model, variables, split, config, mesh):
-  """The [len(split), d] float32 test features of `split`, in split order."""
-  spec = models.get_spec(config.model)
-  embed = _embed_fn(model, spec, bool(config.flip_test), mesh)
-  features = None
-  for batch in data.eval_batches(split, config.eval_batch_size, config.image_size):
-    inputs = {k: batch[k] for k in spec.input_keys}  # test-time inputs only (no masks)
-    out = embed(variables, sharding.global_batch(mesh, inputs))
-    out = np.asarray(multihost_utils.process_allgather(out, tiled=True), np.float32)
-    index = multihost_utils.process_allgather(batch["index"], tiled=True)
-    valid = multihost_utils.process_allgather(batch["valid"], tiled=True)
-    if features is None:
-      features = np.zeros((len(split), out.shape[-1]), np.float32)
-    features[index[valid]] = out[valid]
-  return features
+def _evaluate_pairwise(model, variables, query, gallery, config, mesh, return_details):
+  """`metrics.evaluate_scores(**config.pairwise)`: every image encoded once, the
+  encodings kept on the devices, one query against a block of gallery items per
+  call of `score`; the embedding (pooled backbone feature) is the cascade's
+  first stage, compared by `config.eval.metric`."""
+  encoded_q = inference.encode_split(model, variables, query, config, mesh)
+  encoded_g = inference.encode_split(model, variables, gallery, config, mesh)
+  qf, gf = encoded_q.pop("embedding"), encoded_g.pop("embedding")
+  on_devices = lambda tree: jax.device_put(tree, sharding.replicated(mesh))
+  encoded_q, encoded_g = on_devices(encoded_q), on_devices(encoded_g)
+  score = _score_fn(model)
+
+  def score_fn(q, g):
+    return np.asarray(score(variables, encoded_q, encoded_g, np.int32(q), np.asarray(g, np.int32)))
+
+  shared = {k: config.eval[k] for k in ("metric", "max_rank", "protocol", "num_repeats", "seed")}
+  return retrieval.evaluate_scores(
+      score_fn, len(gallery), query.person_ids, gallery.person_ids, query.camera_ids,
+      gallery.camera_ids, qf=qf, gf=gf, return_details=return_details, **config.pairwise,
+      **shared)
 
 
 def _evaluate_embeddings(model, variables, query, gallery, config, mesh, return_details):
-  qf = extract_features(model, variables, query, config, mesh)
-  gf = extract_features(model, variables, gallery, config, mesh)
+  qf = inference.extract_features(model, variables, query, config, mesh)
+  gf = inference.extract_features(model, variables, gallery, config, mesh)
   return retrieval.evaluate_features(
       qf, gf, query.person_ids, gallery.person_ids, query.camera_ids, gallery.camera_ids,
       return_details=return_details, **config.eval)
 
 
 # One scorer per `NetworkSpec.evaluation` kind.
-_EVALUATORS = {"embedding": _evaluate_embeddings}
+_EVALUATORS = {"embedding": _evaluate_embeddings, "pairwise": _evaluate_pairwise}
 
 
 def evaluate_model(model, variables, query, gallery, config, mesh, return_details=False):
@@ -119,8 +120,14 @@ class DecodedImages:
     return np.asarray(PIL.Image.open(io.BytesIO(self.split.images[i])).convert("RGB"))
 
 
+def _scores_pairs(config):
+  return models.get_spec(config.model).evaluation == "pairwise"
+
+
 def _report_name(step, config):
   tags = [f"step{step}"]
+  if _scores_pairs(config):
+    tags.append(config.pairwise.mode)
   if config.eval.query_pooling:
     tags.append(f"mq-{config.eval.query_pooling}")
   if config.eval.rerank:
@@ -137,6 +144,22 @@ def _query_images(query, metrics, config, rows):
 
 class WorkdirError(OSError):
   """A workdir that cannot be evaluated (absent, no checkpoint) or written to."""
+
+
+def _plot_matching(model, variables, query, gallery, config, mesh, path):
+  """KPM's Fig. 6 for each query image and the gallery image ranked first for it:
+  the query's attention and the matching maps of three query positions down its
+  middle column, at the finest scale."""
+  encoded_q = inference.encode_split(model, variables, query, config, mesh)
+  encoded_g = inference.encode_split(model, variables, gallery, config, mesh)
+  x, y = encoded_q["maps"][-1], encoded_g["maps"][-1]
+  num, h, w, channels = x.shape
+  flat = lambda m: m.reshape(num, h * w, channels)
+  beta = kpm_ops.matching(flat(x), flat(y), tau=model.tau)
+  points = [(h // 4, w // 2), (h // 2, w // 2), (3 * h // 4, w // 2)]
+  viz.plot_matching([DecodedImages(query)[i] for i in range(num)],
+                    [DecodedImages(gallery)[i] for i in range(num)], beta,
+                    encoded_q["alpha"][-1], (h, w), points, path)
 
 
 def _read_checkpoint(config, workdir, mesh):
@@ -166,7 +189,8 @@ def _read_checkpoint(config, workdir, mesh):
 
 def evaluate_workdir(config, workdir, num_ranked_queries=8):
   """Re-evaluates the latest checkpoint in `workdir`; writes `<workdir>/eval/<report>.json`,
-  `.._cmc.png` and `.._ranked.png`. Returns the metrics.
+  `.._cmc.png`, `.._ranked.png` and, for a pairwise network, `.._matching.png` (KPM
+  Fig. 6). Returns the metrics.
 
   Only `params` and `batch_stats` are read (no optimiser is built), and no
   classifier: a run trained on one dataset evaluates on another. The metrics are
@@ -186,6 +210,7 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8):
   try:
     os.makedirs(out, exist_ok=True)
     payload = {"step": step, "eval": config.eval.to_dict(), "flip_test": bool(config.flip_test),
+               **({"pairwise": config.pairwise.to_dict()} if _scores_pairs(config) else {}),
                **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
                "num_valid_queries": int(metrics["num_valid_queries"])}
     _write_json_atomically(os.path.join(out, f"{name}.json"), payload)
@@ -196,6 +221,11 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8):
     viz.plot_ranked_lists(_query_images(query, metrics, config, rows), DecodedImages(gallery),
                           metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
                           os.path.join(out, f"{name}_ranked.png"))
+    if _scores_pairs(config):
+      shown = rows[:4]
+      _plot_matching(model, variables, query.take(shown),
+                     gallery.take(metrics["ranked_indices"][shown, 0]), config, mesh,
+                     os.path.join(out, f"{name}_matching.png"))
   except OSError as e:
     raise WorkdirError(f"Cannot write the reports to {out}: {e.strerror or e}.") from None
   return metrics

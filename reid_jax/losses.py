@@ -33,6 +33,17 @@ def identity_loss(outputs, batch, params, label_smoothing=0.0):
   return ce, {"cross_entropy": ce}
 
 
+def binary_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Sigmoid cross-entropy per example (KPM's verification loss, Sec. 4.3).
+
+  logits: [...] same-person logits; targets: [...] in [0, 1] (1 = same person).
+  Returns [...]: -t log sigmoid(z) - (1 - t) log sigmoid(-z), computed stably for
+  logits of any magnitude.
+  """
+  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                            targets.astype(jnp.float32))
+
+
 def pairwise_distances(x: jax.Array, y: jax.Array, metric: str = "euclidean") -> jax.Array:
   """[N, M] distances between the rows of `x` [N, D] and `y` [M, D].
 

@@ -1,4 +1,5 @@
-"""Report figures: CMC curves and ranked lists (MGN, Wang et al. 2018, Fig. 4).
+"""Report figures: CMC curves, ranked lists (MGN, Wang et al. 2018, Fig. 4) and KPM's
+matching-confidence and attention maps (Shen et al. 2018, Fig. 6).
 
 Inputs are numpy arrays (uint8 HWC images); outputs are PNG files. Plots use
 matplotlib's non-interactive Agg backend, so they work on headless machines.
@@ -68,6 +69,50 @@ def plot_ranked_lists(query_images, gallery_images, ranked_indices, matches, pat
   _makedirs(path)
   canvas.save(path, format="PNG")
   return path
+
+
+def plot_matching(query_images, gallery_images, betas, alphas, map_size, points, path):
+  """Writes one row per (query, gallery) pair to `path` (PNG) and returns `path`.
+
+  Each row shows the query image under its attention map, then for each query
+  position in `points` the query with that position marked and the gallery image
+  under the position's matching confidence map (KPM Fig. 6).
+  query_images, gallery_images: sequences of HWC uint8 images; betas: [R, M, N]
+  matching maps (`reid_jax.ops.kpm.matching`) of the M = h * w query positions
+  against the N = h * w gallery positions; alphas: [R, M] attention weights
+  (`encode`'s alpha); map_size: (h, w) of both maps; points: (row, col) cells.
+  """
+  betas, alphas = np.asarray(betas, np.float32), np.asarray(alphas, np.float32)
+  h, w = map_size
+  if betas.shape[1:] != (h * w, h * w) or alphas.shape != betas.shape[:2]:
+    raise ValueError(f"betas {betas.shape} and alphas {alphas.shape} do not fit [R, {h * w}, "
+                     f"{h * w}] and [R, {h * w}] for a {h}x{w} map")
+  cols = 1 + 2 * len(points)
+  fig, axes = plt.subplots(len(betas), cols, figsize=(1.1 * cols, 2.2 * len(betas)), dpi=120,
+                           squeeze=False)
+  for r, (query, gallery) in enumerate(zip(query_images, gallery_images)):
+    _heat(axes[r, 0], query, alphas[r].reshape(h, w), "attention" if r == 0 else None)
+    for k, (row, col) in enumerate(points):
+      ax = axes[r, 1 + 2 * k]
+      ax.imshow(query)
+      ax.plot((col + 0.5) * query.shape[1] / w, (row + 0.5) * query.shape[0] / h, "o",
+              color="white", markeredgecolor="black")
+      ax.axis("off")
+      _heat(axes[r, 2 + 2 * k], gallery, betas[r, row * w + col].reshape(h, w),
+            f"match ({row},{col})" if r == 0 else None)
+  _makedirs(path)
+  fig.savefig(path, format="png", bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def _heat(ax, image, heat, title):
+  ax.imshow(image)
+  ax.imshow(heat, extent=(0, image.shape[1], image.shape[0], 0), alpha=0.55, cmap="jet",
+            interpolation="bilinear")
+  ax.axis("off")
+  if title:
+    ax.set_title(title, fontsize=7)
 
 
 def _framed(image, image_size, border, color):

@@ -17,10 +17,10 @@ def _load(name):
   return module
 
 
-mlfn, mgn, jlml, ide, mpn = (_load(n) for n in ("mlfn", "mgn", "jlml", "ide", "mpn"))
+mlfn, mgn, jlml, ide, mpn, kpm = (_load(n) for n in ("mlfn", "mgn", "jlml", "ide", "mpn", "kpm"))
 
 
-@pytest.mark.parametrize("module", [mlfn, mgn, jlml, ide, mpn])
+@pytest.mark.parametrize("module", [mlfn, mgn, jlml, ide, mpn, kpm])
 @pytest.mark.parametrize("arg", [None, "synthetic"])
 def test_shipped_configs_are_valid(module, arg):
   config_schema.validate(module.get_config(arg))
@@ -84,6 +84,27 @@ def test_bad_mpn_values_name_their_key(key, value, message):
   config = mpn.get_config("synthetic")
   group, leaf = key.split(".")
   config[group][leaf] = value
+  with pytest.raises(config_schema.ConfigError, match=message):
+    config_schema.validate(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model_kwargs.matching", "dense", r"config.model_kwargs=.*KPM: unknown matching 'dense'"),
+    ("model_kwargs.tau", 0.0, r"config.model_kwargs=.*KPM: tau must be positive"),
+    ("pairwise.mode", "all", r"config.pairwise.mode='all': must be one of \('cascade', 'full'\)"),
+    ("pairwise.top_k", 0, r"config.pairwise.top_k=0: must be a positive integer"),
+    ("pairwise.gallery_block", -2, r"config.pairwise.gallery_block=-2: must be a positive integer"),
+    ("eval.rerank", True, r"config.eval.rerank=True: kpm scores pairs of images"),
+    ("eval.query_pooling", "mean", r"config.eval.query_pooling='mean': kpm scores pairs"),
+    ("flip_test", True, r"config.flip_test=True: kpm scores pairs"),
+])
+def test_bad_kpm_values_name_their_key(key, value, message):
+  config = kpm.get_config("synthetic")
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
   with pytest.raises(config_schema.ConfigError, match=message):
     config_schema.validate(config)
 

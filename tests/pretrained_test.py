@@ -144,6 +144,19 @@ def test_mpn_backbone_matches_torch_with_last_stride_1(full_weights):
   assert relative_error(state_out["intermediates"]["feature_map"][0], expected) < 1e-4
 
 
+def test_kpm_siamese_backbone_matches_torch(full_weights):
+  state, path, images = full_weights
+  model = models.get_model("kpm", 0)
+  variables = pretrained.load_pretrained(shapes(model), path, "kpm")
+  # The hourglass, attention and head keep their (abstract) init.
+  assert isinstance(variables["params"]["pyramid"]["lateral0"]["kernel"], jax.ShapeDtypeStruct)
+  encoded = jax.jit(lambda v, x: model.apply(v, x, method="encode"))(concrete(variables), images)
+  layer4 = torch_stage_maps(state, images)["layer4"]
+  assert relative_error(encoded["embedding"], layer4.mean(axis=(1, 2))) < 1e-4
+  normalised = layer4 / np.linalg.norm(layer4, axis=-1, keepdims=True)  # S1, per position
+  assert relative_error(encoded["maps"][0], normalised) < 1e-4
+
+
 def test_mgn_branches_get_the_same_weights(full_weights):
   state, path, _ = full_weights
   params = pretrained.load_pretrained(shapes(models.get_model("mgn", 0)), path, "mgn")["params"]

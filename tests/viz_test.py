@@ -35,3 +35,17 @@ def test_ranked_lists_shape_mismatch(tmp_path):
   with pytest.raises(ValueError, match="agree"):
     viz.plot_ranked_lists(np.zeros((2, 8, 4, 3), np.uint8), np.zeros((5, 8, 4, 3), np.uint8),
                           np.zeros((3, 2), int), np.zeros((3, 2), bool), str(tmp_path / "x.png"))
+
+
+def test_plot_matching_writes_one_row_per_pair_and_checks_the_map_shapes(tmp_path):
+  images = np.full((2, 64, 32, 3), 128, np.uint8)
+  beta = np.zeros((2, 8, 8), np.float32)
+  beta[:, :, 7] = 1.0
+  alpha = 1 + np.eye(8, dtype=np.float32)[[0, 5]]
+  path = viz.plot_matching(images, images, beta, alpha, (4, 2), [(0, 0), (2, 1)],
+                           str(tmp_path / "matching.png"))
+  image = Image.open(path)
+  width, height = image.size
+  assert image.format == "PNG" and height > 200 and 1.0 < width / height < 1.6  # 2 rows x 5 panels
+  with pytest.raises(ValueError, match="do not fit"):
+    viz.plot_matching(images, images, beta[:, :4], alpha, (4, 2), [(0, 0)], str(tmp_path / "x.png"))

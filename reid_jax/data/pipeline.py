@@ -36,6 +36,12 @@ class Split:
   def __len__(self):
     return len(self.images)
 
+  def take(self, indices):
+    """The split of the images at `indices` (in that order)."""
+    arrays = {f.name: getattr(self, f.name)[indices] for f in dataclasses.fields(self)
+              if isinstance(getattr(self, f.name), np.ndarray)}
+    return dataclasses.replace(self, **arrays)
+
   def describe(self):
     """E.g. "split 'train' of market1501"."""
     where = f"split {self.name!r}" if self.name else "the split"

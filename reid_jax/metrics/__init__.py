@@ -1,11 +1,13 @@
-"""Retrieval metrics: distances, CMC / mAP / mINP, CUHK03 single-shot, multi-query, re-ranking.
+"""Retrieval metrics: distances, CMC / mAP / mINP, CUHK03 single-shot, multi-query, re-ranking,
+pair scores (KPM's cascade and full evaluation).
 
 The protocol is described in README.md, "Evaluation".
 """
 from reid_jax.metrics.distance import METRICS, pairwise_distance
 from reid_jax.metrics.evaluation import PROTOCOLS, evaluate_features, evaluate_rank
 from reid_jax.metrics.multi_query import pool_queries
+from reid_jax.metrics.pairwise import evaluate_scores
 from reid_jax.metrics.rerank import KReciprocal, re_ranking, re_ranking_features
 
 __all__ = ["METRICS", "PROTOCOLS", "KReciprocal", "evaluate_features", "evaluate_rank",
-           "pairwise_distance", "pool_queries", "re_ranking", "re_ranking_features"]
+           "evaluate_scores", "pairwise_distance", "pool_queries", "re_ranking", "re_ranking_features"]

@@ -31,7 +31,7 @@ CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.
 WORKERS = min(4, CPUS)
 
 
-def _labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, rows, cols):
+def validated_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, rows, cols):
   """The four label arrays, validated (`validate.ids`) against num_q queries and num_g
   gallery items; rows / cols say where those numbers come from."""
   return (validate.ids(q_pids, "q_pids", num_q, rows), validate.ids(g_pids, "g_pids", num_g, cols),
@@ -39,7 +39,7 @@ def _labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, rows, cols):
           validate.ids(g_camids, "g_camids", num_g, cols))
 
 
-def _options(max_rank, protocol, num_repeats):
+def validate_options(max_rank, protocol, num_repeats):
   validate.positive_int(max_rank, "max_rank")
   validate.choice(protocol, "protocol", PROTOCOLS)
   if protocol == "cuhk03":
@@ -99,10 +99,11 @@ def _scores(ranks, num_matches):
   return np.where(num_matches > 0, ap, np.nan), np.where(num_matches > 0, inp, np.nan)
 
 
-def _evaluate(rows_fn, rows, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank,
-              protocol, return_details, num_repeats, seed, context=contextlib.nullcontext,
-              metric=None):
-  """The block loop shared by `evaluate_rank` and `evaluate_features`.
+def evaluate_blocks(rows_fn, rows, num_gallery, q_pids, g_pids, q_camids, g_camids, max_rank,
+                    protocol, return_details, num_repeats, seed, context=contextlib.nullcontext,
+                    metric=None):
+  """The block loop shared by `evaluate_rank`, `evaluate_features` and
+  `pairwise.evaluate_scores`.
 
   rows_fn(query indices, padded to `rows`) -> [rows, num_gallery] distances,
   or with `metric` a `distance.dot_block` output that the kernels finish themselves.
@@ -207,10 +208,10 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, prot
   """
   distmat = validate.distances(distmat, "distmat")
   num_q, num_g = distmat.shape
-  q_pids, g_pids, q_camids, g_camids = _labels(
+  q_pids, g_pids, q_camids, g_camids = validated_labels(
       q_pids, g_pids, q_camids, g_camids, num_q, num_g, "the number of rows of distmat",
       "the number of columns of distmat")
-  _options(max_rank, protocol, num_repeats)
+  validate_options(max_rank, protocol, num_repeats)
   validate.finite(distmat, "distmat")
   wide = np.dtype(distmat.dtype) == np.float64 or (
       np.issubdtype(distmat.dtype, np.integer) and np.abs(distmat).max(initial=0) >= 2**24)
@@ -221,8 +222,8 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, prot
     rows_fn = lambda idx: jnp.take(distmat, jnp.asarray(idx), axis=0).astype(dtype)
   else:
     rows_fn = _host_rows(np.asarray(distmat), dtype, rows)
-  return _evaluate(rows_fn, rows, num_g, q_pids, g_pids, q_camids, g_camids, max_rank, protocol,
-                   return_details, num_repeats, seed, context)
+  return evaluate_blocks(rows_fn, rows, num_g, q_pids, g_pids, q_camids, g_camids, max_rank,
+                         protocol, return_details, num_repeats, seed, context)
 
 
 def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclidean",
@@ -245,10 +246,10 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
   """
   qf, gf = validate.features(qf, "qf", "query"), validate.features(gf, "gf", "gallery")
   validate.same_dim(qf, "qf", gf, "gf")
-  q_pids, g_pids, q_camids, g_camids = _labels(q_pids, g_pids, q_camids, g_camids, len(qf), len(gf),
-                                               "len(qf)", "len(gf)")
+  q_pids, g_pids, q_camids, g_camids = validated_labels(q_pids, g_pids, q_camids, g_camids,
+                                                        len(qf), len(gf), "len(qf)", "len(gf)")
   distance.check_metric(metric)
-  _options(max_rank, protocol, num_repeats)
+  validate_options(max_rank, protocol, num_repeats)
   if query_pooling:
     validate.choice(query_pooling, "query_pooling", multi_query.POOLINGS)
   if rerank:
@@ -268,8 +269,8 @@ def evaluate_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric="euclid
   host_blas = not rerank and gallery.on_host
   with (threadpool_limits(max(1, CPUS // WORKERS), user_api="blas") if host_blas
         else contextlib.nullcontext()):
-    out = _evaluate(rows_fn, rows, len(gf), q_pids, g_pids, q_camids, g_camids, max_rank,
-                    protocol, return_details, num_repeats, seed, metric=finish)
+    out = evaluate_blocks(rows_fn, rows, len(gf), q_pids, g_pids, q_camids, g_camids, max_rank,
+                          protocol, return_details, num_repeats, seed, metric=finish)
   if query_pooling:
     out.update(query_pids=q_pids, query_camids=q_camids, query_indices=first)
   return out

@@ -11,7 +11,9 @@ A module's `__call__(<first input>, train=..., **<other inputs>)` returns a dict
 `'embedding'` [B, D] (the test-time feature), `'logits'` [H, B, C] (the H
 identity heads, stacked, when it has classes), `'metric_features'` [H, B, D]
 (the features of metric losses, if any); intermediates only through
-`self.sow('intermediates', ...)`.
+`self.sow('intermediates', ...)`. A 'pairwise' network (KPM) also has the
+methods `encode(images)` (a dict of per-image arrays, computed once per image)
+and `score(encoded_query, encoded_gallery)` ([Q, G] same-person logits).
 """
 import dataclasses
 import inspect
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 # Positional parameters of every loss: loss(outputs, batch, params, **config.loss).
 LOSS_POSITIONAL = ("outputs", "batch", "params")
 # How a trained network is scored; `reid_jax.evaluate` implements each kind.
-EVALUATIONS = ("embedding",)
+EVALUATIONS = ("embedding", "pairwise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +42,11 @@ class NetworkSpec:
   requires: None, or a function of the configured module giving the keys of
     `train_inputs` it cannot train without (MPN's mask prior needs `mask`, its
     uniform prior nothing); the trainer checks them against the dataset.
+  train_labels: the module reads the batch's identity labels [B] in training,
+    as the keyword `label` (KPM draws its training pairs from them).
   evaluation: how it is scored at test time: 'embedding' = distances between the
-    `embedding` outputs of query and gallery images.
+    `embedding` outputs of query and gallery images; 'pairwise' = the module's
+    `score` of encoded query and gallery images (`reid_jax.evaluate`).
   imagenet_layout: None, or a function of the params tree giving the
     (Flax module prefix, torchvision module prefix) pairs that receive ImageNet
     ResNet-50 weights (`reid_jax.pretrained`).
@@ -52,6 +57,7 @@ class NetworkSpec:
   inputs: tuple = (("image", 3),)
   train_inputs: tuple = ()
   requires: Optional[Callable[[Any], tuple]] = None
+  train_labels: bool = False
   evaluation: str = "embedding"
   imagenet_layout: Optional[Callable[[Any], list]] = None
 
@@ -97,6 +103,8 @@ class NetworkSpec:
     first, *rest = self.input_keys
     if train:
       rest += [k for k, _ in self.train_inputs if k in batch]
+      if self.train_labels:
+        rest.append("label")
     return (batch[first],), {k: batch[k] for k in rest}
 
   def init(self, model, rng, image_size):
@@ -106,5 +114,8 @@ class NetworkSpec:
 
   def dummy_batch(self, image_size, batch_size=1):
     """Zero inputs of the declared shapes, for `init` and `jax.eval_shape`."""
-    return {key: jnp.zeros((batch_size, *image_size, channels), jnp.float32)
-            for key, channels in self.inputs + self.train_inputs}
+    batch = {key: jnp.zeros((batch_size, *image_size, channels), jnp.float32)
+             for key, channels in self.inputs + self.train_inputs}
+    if self.train_labels:
+      batch["label"] = jnp.zeros((batch_size,), jnp.int32)
+    return batch

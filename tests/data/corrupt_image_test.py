@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from reid_jax import config_schema, evaluate, sharding
+from reid_jax import config_schema, inference, sharding
 from reid_jax.data import augment, pipeline
 from reid_jax.data import batches as batches_lib
 
@@ -117,7 +117,7 @@ def test_a_corrupt_evaluation_image_raises_data_error_naming_it():
 def test_extract_features_raises_data_error_naming_the_corrupt_image():
   # The first batch fails, so nothing is embedded: no network is needed.
   with pytest.raises(batches_lib.DataError, match="image 0002_c1s1_000002_00.jpg of split 'query'"):
-    evaluate.extract_features(None, None, _split(bad=(2,), name="query"), _config(),
+    inference.extract_features(None, None, _split(bad=(2,), name="query"), _config(),
                               sharding.create_mesh())
 
 

@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from reid_jax import config_schema, data, evaluate, models, sharding
+from reid_jax import config_schema, data, inference, models, sharding
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def query_split(synthetic_data_dir):
 def _features(model, variables, split, batch_size, flip=False):
   config = config_schema.base_config("mlfn")
   config.image_size, config.eval_batch_size, config.flip_test = (64, 32), batch_size, flip
-  return evaluate.extract_features(model, variables, split, config, sharding.create_mesh())
+  return inference.extract_features(model, variables, split, config, sharding.create_mesh())
 
 
 def test_features_do_not_depend_on_batching_or_padding(query_split, tiny_mlfn_config):
