@@ -2,6 +2,8 @@
 
 `--mode=evaluate` re-evaluates the latest checkpoint of the workdir instead
 (with e.g. `--config.eval.rerank=True`) and writes reports to `<workdir>/eval/`.
+`--distributed` trains on several hosts: the same command on each, every process
+feeding its share of each global batch (see the README, "Multi-host").
 """
 import sys
 
@@ -22,7 +24,16 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate"],
 _NUM_RANKED = flags.DEFINE_integer("num_ranked_queries", 8,
                                    "--mode=evaluate: queries in the ranked-list figure.")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host: call jax.distributed.initialize() (cluster auto-detection).")
+    "distributed", False, "Multi-host: call jax.distributed.initialize(), with the three flags "
+    "below, or without them to auto-detect the cluster (Slurm, Open MPI, Cloud TPU).")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "--distributed: host:port of the coordinator service that "
+    "process 0 starts and every process connects to.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "--distributed: how many processes run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "--distributed: this process's index, 0 to num_processes - 1.")
+_CLUSTER_FLAGS = (_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -38,13 +49,34 @@ def _parse_flags(argv):
     sys.exit(f"error: {config_overrides.unknown_override(argv, override)}")
 
 
+def _cluster_args():
+  """`jax.distributed.initialize`'s keyword arguments from the cluster flags: all
+  three, or none (auto-detection, or no --distributed). Exits naming a wrong flag."""
+  given = {f.name: f.value for f in _CLUSTER_FLAGS if f.value is not None}
+  if not given:
+    return {}
+  if not _DISTRIBUTED.value:
+    sys.exit(f"error: --{next(iter(given))} needs --distributed.")
+  missing = [f.name for f in _CLUSTER_FLAGS if f.name not in given]
+  if missing:
+    sys.exit(f"error: --{missing[0]} is missing: --distributed takes all of --coordinator_address, "
+             "--num_processes and --process_id, or none of them (cluster auto-detection).")
+  index, count = given["process_id"], given["num_processes"]
+  if not 0 <= index < count:
+    sys.exit(f"error: --process_id={index} must be at least 0 and below --num_processes={count}.")
+  if not given["coordinator_address"].rpartition(":")[2].isdigit():
+    sys.exit(f"error: --coordinator_address={given['coordinator_address']}: expected host:port.")
+  return given
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cluster = _cluster_args()
   # Neither call may come after the first use of a device (imports use none).
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**cluster)
   checkpoints.quiet_logs()
   config = _CONFIG.value
   try:

@@ -56,9 +56,15 @@ def init_variables(config, model, rng, load_weights=True):
 
 
 def state_from_variables(model, variables, tx):
-  """A fresh `TrainState` (step 0, new optimiser state) holding `variables`."""
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  """A fresh `TrainState` (step 0, new optimiser state) holding `variables`.
+
+  The step is a strongly typed int32, like a restored checkpoint's (flax's `0` is
+  weakly typed): fresh and resumed runs then compile the same train step, which a
+  resumed run finds in JAX's persistent compilation cache.
+  """
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", {}))
+  return state.replace(step=np.int32(0))
 
 
 def create_train_state(config, num_classes, steps_per_epoch, mesh, ckpt_manager):

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -61,5 +63,26 @@ def test_a_loss_key_the_network_lacks_fails_at_once_naming_the_accepted_ones(tmp
   assert time.monotonic() - start < 10 and run.returncode == 1
   assert ("--config.loss.triplet_margin: config.loss has no key 'triplet_margin'; it accepts "
           "['label_smoothing'] (the keyword arguments of mlfn's loss)") in run.stderr
+  assert "Traceback" not in run.stderr
+  assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=0"),
+     "error: --coordinator_address needs --distributed."),
+    (("--distributed", "--coordinator_address=127.0.0.1:1234", "--num_processes=2"),
+     "error: --process_id is missing: --distributed takes all of --coordinator_address, "
+     "--num_processes and --process_id, or none of them (cluster auto-detection)."),
+    (("--distributed", "--coordinator_address=127.0.0.1:1234", "--num_processes=2",
+      "--process_id=2"), "error: --process_id=2 must be at least 0 and below --num_processes=2."),
+    (("--distributed", "--coordinator_address=127.0.0.1", "--num_processes=2", "--process_id=0"),
+     "error: --coordinator_address=127.0.0.1: expected host:port."),
+])
+def test_cluster_flags_without_distributed_or_incomplete_fail_at_once_naming_the_flag(
+    tmp_path, flags, message):
+  start = time.monotonic()
+  run = _main("--config=configs/mlfn.py:synthetic", f"--workdir={tmp_path / 'w'}", *flags)
+  assert time.monotonic() - start < 10 and run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == message
   assert "Traceback" not in run.stderr
   assert not os.path.exists(tmp_path / "w")
