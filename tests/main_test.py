@@ -80,9 +80,9 @@ def test_a_loss_key_the_network_lacks_fails_at_once_naming_the_accepted_ones(tmp
 ])
 def test_cluster_flags_without_distributed_or_incomplete_fail_at_once_naming_the_flag(
     tmp_path, flags, message):
-  start = time.monotonic()
   run = _main("--config=configs/mlfn.py:synthetic", f"--workdir={tmp_path / 'w'}", *flags)
-  assert time.monotonic() - start < 10 and run.returncode == 1
+  assert run.returncode == 1
   assert run.stderr.strip().splitlines()[-1] == message
   assert "Traceback" not in run.stderr
+  assert "JAX distributed service" not in run.stderr  # it stopped before starting anything
   assert not os.path.exists(tmp_path / "w")
