@@ -27,9 +27,12 @@ def get_config(arg=None):
     config.model_kwargs = dict(width=0.25, stage_blocks=(1, 1, 1, 1), groups=8, embed_dim=128)
     config.p_identities = 8
     config.learning_rate = 1e-3
-    config.num_train_steps = 600
-    config.eval_every_steps = 300
-    config.checkpoint_every_steps = 300
+    # 2,000 steps: the loss still falls steeply at 600 (mAP 39.9 %, the earlier length);
+    # the CPU formulation of the grouped convolution (reid_jax.ops.grouped_conv) makes
+    # 2,000 steps take less time than 600 did before it (README, "Training speed").
+    config.num_train_steps = 2000
+    config.eval_every_steps = 1000
+    config.checkpoint_every_steps = 1000
     config.log_every_steps = 25
     config.eval_at_start = True           # report the untrained network too
   elif arg:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from reid_jax import losses
 from reid_jax.models.layers import batch_norm, classifier, conv_init
 from reid_jax.models.spec import NetworkSpec
+from reid_jax.ops import grouped_conv
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
 # FSM hidden widths per stage (torchreid `mlfn`).
@@ -37,7 +38,8 @@ class MLFNBlock(nn.Module):
   def __call__(self, x, train):
     conv = lambda f, k, s=1, g=1, bias=False, name=None: nn.Conv(
         f, (k, k), (s, s), padding=_pad(k), feature_group_count=g, use_bias=bias,
-        kernel_init=conv_init, dtype=self.dtype, name=name)
+        kernel_init=conv_init, dtype=self.dtype, name=name,
+        conv_general_dilated=grouped_conv.conv_general_dilated)
     norm = lambda name: batch_norm(train, self.dtype, name)
     mid = self.out_channels // 2
 
@@ -48,7 +50,8 @@ class MLFNBlock(nn.Module):
     s = conv(self.groups, 1, bias=True, name="fsm_gate")(s)
     s = nn.sigmoid(norm("fsm_gate_bn")(s))  # S_n, Eq. 2
 
-    # Factor modules: the groups of a grouped convolution.
+    # Factor modules: the groups of a grouped convolution (`ops.grouped_conv`: the
+    # backend's fast formulation, same parameters as XLA's `feature_group_count`).
     y = nn.relu(norm("fm_bn1")(conv(mid, 1, name="fm_conv1")(x)))
     y = nn.relu(norm("fm_bn2")(conv(mid, 3, self.stride, self.groups, name="fm_conv2")(y)))
     # Mode-4 product with S_n: every channel of FM i is scaled by S_n,i.
