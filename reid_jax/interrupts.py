@@ -6,6 +6,13 @@ can let the checkpoint in flight finish and say which step is safe to resume
 from, instead of dying with a traceback from every thread. A second signal
 while that happens abandons the write (orbax only ever renames a complete
 checkpoint into place).
+
+The handler also records the signal: an exception raised while Python runs a
+callback it cannot propagate from (a garbage-collection callback, a weakref
+finaliser) is printed and dropped, so the loop calls `check()` once per step.
+Within `deferred()` (the start of an asynchronous checkpoint save, whose event loop
+would be torn down under a worker thread) a signal is only recorded, and raised
+by the next `check()`.
 """
 import contextlib
 import signal
@@ -22,9 +29,31 @@ class Interrupted(Exception):
     self.signum = signum
 
 
+_pending = []
+_deferring = []
+
+
 def _raise(signum, frame):
   del frame
-  raise Interrupted(signum)
+  _pending.append(signum)
+  if not _deferring:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def deferred():
+  """Signals inside the block are recorded for `check()` instead of raised."""
+  _deferring.append(True)
+  try:
+    yield
+  finally:
+    _deferring.pop()
+
+
+def check():
+  """Raises `Interrupted` for a signal whose exception was dropped, if any."""
+  if _pending:
+    raise Interrupted(_pending[-1])
 
 
 @contextlib.contextmanager
@@ -34,9 +63,13 @@ def as_exception():
   if threading.current_thread() is not threading.main_thread():
     yield
     return
+  _pending.clear()
   previous = {s: signal.signal(s, _raise) for s in SIGNALS}
   try:
     yield
+  except Interrupted:
+    _pending.clear()
+    raise
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
