@@ -25,7 +25,10 @@ setuptools.setup(
         "threadpoolctl>=3.1",
     ],
     extras_require={
-        # torch (CPU) is the independent reference for the weight-import parity test.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
+        # torch (CPU) is the independent reference for the weight-import parity tests;
+        # torchreid (its model files need torch only) for MLFN's; nbclient and ipykernel
+        # execute the notebooks of colabs/.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "torchreid==0.2.5",
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     },
 )

@@ -3,9 +3,9 @@
 A workdir keeps its checkpoints in `<workdir>/checkpoints/<step>/` (orbax
 `CheckpointManager`: atomic, the latest `keep` kept). Each holds the whole train
 state: `step`, `params`, `opt_state`, `batch_stats`. Evaluation and `init_from`
-read only `params` and `batch_stats`, so they need no optimiser.
+read only `params` and `batch_stats`, so they need no optimiser. `init_from` also
+reads a torchreid model file (`pretrained.load_torchreid`).
 """
-import dataclasses
 import os
 
 import jax
@@ -13,7 +13,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax import traverse_util
 
-from reid_jax import sharding
+from reid_jax import pretrained, sharding
+from reid_jax.pretrained import InitReport
 
 _ITEM = "default"  # the item name a single-item CheckpointManager writes
 _MAX_LISTED = 20
@@ -107,39 +108,21 @@ def differences(stored, like):
           if theirs.get(name) != shape]
 
 
-@dataclasses.dataclass(frozen=True)
-class InitReport:
-  """What `init_from` did, by flattened variable name ('params/global_fc/dense/kernel')."""
-  source: str
-  loaded: tuple
-  fresh: tuple       # in the new network only: kept as initialised
-  skipped: tuple     # classifiers whose class count differs: kept as initialised
-  unused: tuple      # in the checkpoint only
-
-  def summary(self):
-    def listing(title, names):
-      if not names:
-        return ""
-      more = f", ... ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
-      return f"\n  {title} ({len(names)}): " + ", ".join(names[:_MAX_LISTED]) + more
-    return (f"init_from {self.source}: loaded {len(self.loaded)} arrays"
-            + listing("not loaded, not in the checkpoint", self.fresh)
-            + listing("not loaded, class count differs", self.skipped)
-            + listing("in the checkpoint but unused", self.unused))
-
-
 def _is_classifier(key):
   return any(part.startswith("classifier") for part in key)
 
 
 def init_from(variables, path, mesh):
   """`variables` with every array of the same name and shape read from the
-  checkpoint `path` (see `find`), and the report of what was (not) loaded.
+  checkpoint `path` (see `find`), and the report of what was (not) loaded; a
+  torchreid `.pth` / `.pth.tar` file is read by `pretrained.load_torchreid`.
 
   Identity classifiers (modules named `classifier*`) whose class count differs
   keep their fresh initialisation; any other shape mismatch is an error listing
   them all, since it means the checkpoint is of another architecture or width.
   """
+  if pretrained.is_torch_file(path) and os.path.isfile(path):
+    return pretrained.load_torchreid(variables, path)
   step_dir, _ = find(path)
   source = traverse_util.flatten_dict(read_variables(step_dir, mesh), sep="/")
   target = traverse_util.flatten_dict(variables)

@@ -15,7 +15,7 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-from reid_jax import checkpoints, data, metrics, models
+from reid_jax import checkpoints, data, metrics, models, pretrained
 from reid_jax.metrics import pairwise
 from reid_jax.models import mpn
 
@@ -40,7 +40,7 @@ def base_config(model=""):
   c.model_kwargs = {}                 # overrides passed to models.get_model (width, ...)
   c.loss = ml_collections.ConfigDict(_loss_defaults(model))  # keyword arguments of the loss
   c.pretrained = ""                   # ImageNet weights (.safetensors/.npz/.pth) for the backbone
-  c.init_from = ""                    # another run's workdir or checkpoint to start from
+  c.init_from = ""                    # another run's workdir or checkpoint, or a torchreid .pth
   c.dtype = "float32"                 # compute dtype; params stay float32
 
   c.dataset = ""                      # tfds name[/config], e.g. market1501 or synthetic_reid/small
@@ -212,7 +212,10 @@ def _validate_weights(config, spec):
             f"model {config.model!r} has no ImageNet backbone; weights load into {with_layout}")
     if not os.path.isfile(config.pretrained):
       _fail("pretrained", config.pretrained, "no such file")
-  if config.init_from:
+  if config.init_from and pretrained.is_torch_file(config.init_from):
+    if not os.path.isfile(config.init_from):
+      _fail("init_from", config.init_from, "no such torchreid weights file")
+  elif config.init_from:
     try:
       checkpoints.find(config.init_from)
     except FileNotFoundError as e:

@@ -1,29 +1,37 @@
 """Evaluation: test features for query and gallery, retrieval metrics, reports.
 
 `evaluate_model` scores a network the way its `NetworkSpec.evaluation` says
-('embedding': distances between test features, streamed through the exact block
-evaluator `reid_jax.metrics.evaluate_features(**config.eval)`; 'pairwise': the
-network's scores of encoded query and gallery images through the same evaluator,
-`reid_jax.metrics.evaluate_scores(**config.pairwise)`).
-`evaluate_workdir` re-evaluates the latest checkpoint of a workdir (with
-`config.eval.rerank` or `config.eval.query_pooling` for re-ranking or
-multi-query) and writes the metrics JSON, a CMC curve and a ranked-list figure to
-`<workdir>/eval/`; `python -m reid_jax.main --mode=evaluate` runs it.
+('embedding': distances between test features through the exact block evaluator
+`metrics.evaluate_features(**config.eval)`; 'pairwise': the network's scores of
+encoded images through `metrics.evaluate_scores(**config.pairwise)`).
+`evaluate_workdir` re-evaluates a workdir's latest checkpoint, `evaluate_weights`
+the weights `config.init_from` names (another run, or a torchreid model-zoo file);
+both write the files of `reid_jax.reports`. `python -m reid_jax.main --mode=evaluate`
+runs the first, `python -m reid_jax.evaluate` (--workdir or --config.init_from) either.
 """
 import functools
 import io
-import json
 import os
+import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import PIL.Image
-from absl import logging
+from reid_jax import console
 
-from reid_jax import checkpoints, config_schema, data, inference, models, sharding, viz
-from reid_jax import metrics as retrieval
-from reid_jax.ops import kpm as kpm_ops
+if __name__ == "__main__":
+  console.quiet_native_logs(sys.argv)  # before TensorFlow is imported
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from reid_jax import (  # noqa: E402
+    checkpoints, config_overrides, config_schema, data, inference, models, pretrained, reports,
+    sharding)
+from reid_jax import metrics as retrieval  # noqa: E402
+from reid_jax.data import market_layout  # noqa: E402
 
 REPORTED_RANKS = (1, 5, 10, 20)
 
@@ -48,23 +56,36 @@ def _evaluate_pairwise(model, variables, query, gallery, config, mesh, return_de
   on_devices = lambda tree: jax.device_put(tree, sharding.replicated(mesh))
   encoded_q, encoded_g = on_devices(encoded_q), on_devices(encoded_g)
   score = _score_fn(model)
+  # 'full' scores every pair: with details, their -scores are kept as the distances.
+  keep = return_details and config.pairwise.mode == "full"
+  distmat = np.zeros((len(query), len(gallery)), np.float32) if keep else None
 
   def score_fn(q, g):
-    return np.asarray(score(variables, encoded_q, encoded_g, np.int32(q), np.asarray(g, np.int32)))
+    s = np.asarray(score(variables, encoded_q, encoded_g, np.int32(q), np.asarray(g, np.int32)))
+    if keep:
+      distmat[q, g] = -s
+    return s
 
   shared = {k: config.eval[k] for k in ("metric", "max_rank", "protocol", "num_repeats", "seed")}
-  return retrieval.evaluate_scores(
+  out = retrieval.evaluate_scores(
       score_fn, len(gallery), query.person_ids, gallery.person_ids, query.camera_ids,
       gallery.camera_ids, qf=qf, gf=gf, return_details=return_details, **config.pairwise,
       **shared)
+  return {**out, "distmat": distmat} if keep else out
 
 
 def _evaluate_embeddings(model, variables, query, gallery, config, mesh, return_details):
   qf = inference.extract_features(model, variables, query, config, mesh)
   gf = inference.extract_features(model, variables, gallery, config, mesh)
-  return retrieval.evaluate_features(
+  out = retrieval.evaluate_features(
       qf, gf, query.person_ids, gallery.person_ids, query.camera_ids, gallery.camera_ids,
       return_details=return_details, **config.eval)
+  if return_details:  # the [Q, G] `metric` distances (of the pooled queries), not re-ranked
+    if config.eval.query_pooling:
+      qf = retrieval.pool_queries(qf, query.person_ids, query.camera_ids,
+                                  config.eval.query_pooling)[0]
+    out["distmat"] = retrieval.pairwise_distance(qf, gf, config.eval.metric)
+  return out
 
 
 # One scorer per `NetworkSpec.evaluation` kind.
@@ -74,7 +95,9 @@ _EVALUATORS = {"embedding": _evaluate_embeddings, "pairwise": _evaluate_pairwise
 def evaluate_model(model, variables, query, gallery, config, mesh, return_details=False):
   """Retrieval metrics of `model` with `variables` ({'params', 'batch_stats'}) on
   query against gallery, under `config.eval` (the protocol is the README's
-  "Evaluation" section)."""
+  "Evaluation" section). With `return_details` also the per-query details of
+  `metrics.evaluate_rank` and, where the network's distances of every pair are
+  known, 'distmat' [Q, G] (see `reid_jax.reports`)."""
   kind = models.get_spec(config.model).evaluation
   return _EVALUATORS[kind](model, variables, query, gallery, config, mesh, return_details)
 
@@ -92,31 +115,26 @@ def format_metrics(metrics):
   return f"{ranks} | mAP {s['mAP']:.1%} | mINP {s['mINP']:.1%}"
 
 
-def _write_json_atomically(path, payload):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
-  os.replace(tmp, path)
-
-
 def write_metrics(workdir, step, metrics):
   """`<workdir>/eval/metrics_<step>.json` and `<workdir>/metrics.json` (the latest)."""
   payload = {"step": int(step), **scalar_summary(metrics),
              "cmc": [float(x) for x in metrics["cmc"]],
              "num_valid_queries": int(metrics["num_valid_queries"])}
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-  _write_json_atomically(os.path.join(workdir, "eval", f"metrics_{step}.json"), payload)
-  _write_json_atomically(os.path.join(workdir, "metrics.json"), payload)
+  reports.write_json_atomically(os.path.join(workdir, "eval", f"metrics_{step}.json"), payload)
+  reports.write_json_atomically(os.path.join(workdir, "metrics.json"), payload)
   return payload
 
 
 class DecodedImages:
-  """Lazily decoded images of a split, indexable like an array (for figures)."""
+  """Lazily decoded images of a split, indexable like an array (for figures);
+  with `indices`, item i is the split's image indices[i]."""
 
-  def __init__(self, split):
-    self.split = split
+  def __init__(self, split, indices=None):
+    self.split, self.indices = split, indices
 
   def __getitem__(self, i):
+    i = i if self.indices is None else self.indices[i]
     return np.asarray(PIL.Image.open(io.BytesIO(self.split.images[i])).convert("RGB"))
 
 
@@ -124,42 +142,22 @@ def _scores_pairs(config):
   return models.get_spec(config.model).evaluation == "pairwise"
 
 
-def _report_name(step, config):
-  tags = [f"step{step}"]
-  if _scores_pairs(config):
-    tags.append(config.pairwise.mode)
-  if config.eval.query_pooling:
-    tags.append(f"mq-{config.eval.query_pooling}")
-  if config.eval.rerank:
-    tags.append("rerank")
-  return "_".join(tags)
-
-
-def _query_images(query, metrics, config, rows):
-  """The image shown for each ranked query; a pooled (multi-)query shows its first image."""
-  if config.eval.query_pooling:
-    rows = metrics["query_indices"][rows]
-  return [DecodedImages(query)[i] for i in rows]
+def _report_name(label, config):
+  tags = [label, _scores_pairs(config) and config.pairwise.mode,
+          config.eval.query_pooling and f"mq-{config.eval.query_pooling}",
+          config.eval.rerank and "rerank"]
+  return "_".join(t for t in tags if t)
 
 
 class WorkdirError(OSError):
   """A workdir that cannot be evaluated (absent, no checkpoint) or written to."""
 
 
-def _plot_matching(model, variables, query, gallery, config, mesh, path):
-  """KPM's Fig. 6 for each query image and the gallery image ranked first for it:
-  the query's attention and the matching maps of three query positions down its
-  middle column, at the finest scale."""
-  encoded_q = inference.encode_split(model, variables, query, config, mesh)
-  encoded_g = inference.encode_split(model, variables, gallery, config, mesh)
-  x, y = encoded_q["maps"][-1], encoded_g["maps"][-1]
-  num, h, w, channels = x.shape
-  flat = lambda m: m.reshape(num, h * w, channels)
-  beta = kpm_ops.matching(flat(x), flat(y), tau=model.tau)
-  points = [(h // 4, w // 2), (h // 2, w // 2), (3 * h // 4, w // 2)]
-  viz.plot_matching([DecodedImages(query)[i] for i in range(num)],
-                    [DecodedImages(gallery)[i] for i in range(num)], beta,
-                    encoded_q["alpha"][-1], (h, w), points, path)
+def _model_shapes(config):
+  """The configured network without classifiers, and the shapes of its variables."""
+  model = models.get_model(config.model, 0, dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+  spec = models.get_spec(config.model)
+  return model, jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))
 
 
 def _read_checkpoint(config, workdir, mesh):
@@ -173,10 +171,7 @@ def _read_checkpoint(config, workdir, mesh):
   except FileNotFoundError:
     raise WorkdirError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: "
                        "train first with `python -m reid_jax.main`.") from None
-  model = models.get_model(config.model, 0, dtype=jnp.dtype(config.dtype),
-                           **config.model_kwargs)
-  spec = models.get_spec(config.model)
-  abstract = jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))
+  model, abstract = _model_shapes(config)
   try:
     variables = checkpoints.read_variables(step_dir, mesh, like=abstract)
   except ValueError as e:
@@ -187,10 +182,43 @@ def _read_checkpoint(config, workdir, mesh):
   return variables, step, model
 
 
-def evaluate_workdir(config, workdir, num_ranked_queries=8):
-  """Re-evaluates the latest checkpoint in `workdir`; writes `<workdir>/eval/<report>.json`,
-  `.._cmc.png`, `.._ranked.png` and, for a pairwise network, `.._matching.png` (KPM
-  Fig. 6). Returns the metrics.
+def _evaluate_and_report(config, model, variables, mesh, label, out, num_ranked_queries,
+                         step=None):
+  """`evaluate_model` on the config's query and gallery, logged, then `reports.write`
+  to the folder `out` (and KPM's Fig. 6; the JSON holds `step` when one is given);
+  OSError -> WorkdirError."""
+  dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
+  query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
+  metrics = evaluate_model(model, variables, query, gallery, config, mesh, return_details=True)
+  logging.info("%s on %s, %s | %s", config.model, config.dataset, label, format_metrics(metrics))
+  pooled = bool(config.eval.query_pooling)
+  labels = (metrics["query_pids"] if pooled else query.person_ids, gallery.person_ids,
+            metrics["query_camids"] if pooled else query.camera_ids, gallery.camera_ids)
+  payload = {**({"step": int(step)} if step is not None else {}),
+             "eval": config.eval.to_dict(), "flip_test": bool(config.flip_test),
+             **({"pairwise": config.pairwise.to_dict()} if _scores_pairs(config) else {}),
+             **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
+             "num_valid_queries": int(metrics["num_valid_queries"])}
+  name = _report_name(label.replace(" ", ""), config)
+  try:
+    payload, rows = reports.write(
+        out, name, payload, metrics, labels,
+        DecodedImages(query, metrics["query_indices"] if pooled else None),
+        DecodedImages(gallery), f"{config.model} on {config.dataset}, {label}", num_ranked_queries)
+    if _scores_pairs(config):
+      shown = rows[:4]
+      reports.plot_matching(model, variables, query.take(shown),
+                            gallery.take(metrics["ranked_indices"][shown, 0]), config, mesh,
+                            os.path.join(out, f"{name}_matching.png"), DecodedImages)
+  except OSError as e:
+    raise WorkdirError(f"Cannot write the reports to {out}: {e.strerror or e}.") from None
+  return {**metrics, "tpr_at_fpr": payload.get("tpr_at_fpr")}
+
+
+def evaluate_workdir(config, workdir, num_ranked_queries=8, out=None):
+  """Re-evaluates the latest checkpoint in `workdir`; writes the `reid_jax.reports`
+  files (`<report>.json`, `.._cmc.png`, `.._roc.png`, `.._camera_pairs.csv`, ...) to
+  `out` (default `<workdir>/eval/`). Returns the metrics.
 
   Only `params` and `batch_stats` are read (no optimiser is built), and no
   classifier: a run trained on one dataset evaluates on another. The metrics are
@@ -200,32 +228,80 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8):
   config_schema.validate(config)
   mesh = sharding.create_mesh()
   variables, step, model = _read_checkpoint(config, workdir, mesh)
-  dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
-  query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
-  metrics = evaluate_model(model, variables, query, gallery, config, mesh, return_details=True)
-  logging.info("%s on %s, step %d | %s", config.model, config.dataset, step,
-               format_metrics(metrics))
-  name = _report_name(step, config)
-  out = os.path.join(workdir, "eval")
+  return _evaluate_and_report(config, model, variables, mesh, f"step {step}",
+                              out or os.path.join(workdir, "eval"), num_ranked_queries, step)
+
+
+def evaluate_weights(config, out, num_ranked_queries=8):
+  """Evaluates the weights `config.init_from` names (a torchreid `.pth` / `.pth.tar`
+  through `pretrained.load_torchreid`, or another run's checkpoint) as the network
+  `config.model` / `model_kwargs`, and writes the `evaluate_workdir` reports to `out`.
+  Every variable of the network must come from the file: a missing one is a
+  ConfigError naming it (the classifier is not built, so its class count does not matter).
+  """
+  config_schema.validate(config)
+  if not config.init_from:
+    raise config_schema.ConfigError("config.init_from is empty: name the weights to evaluate.")
+  mesh = sharding.create_mesh()
+  model, shapes = _model_shapes(config)
   try:
-    os.makedirs(out, exist_ok=True)
-    payload = {"step": step, "eval": config.eval.to_dict(), "flip_test": bool(config.flip_test),
-               **({"pairwise": config.pairwise.to_dict()} if _scores_pairs(config) else {}),
-               **scalar_summary(metrics), "cmc": [float(x) for x in metrics["cmc"]],
-               "num_valid_queries": int(metrics["num_valid_queries"])}
-    _write_json_atomically(os.path.join(out, f"{name}.json"), payload)
-    viz.plot_cmc(metrics["cmc"], os.path.join(out, f"{name}_cmc.png"),
-                 title=f"{config.model} on {config.dataset}, step {step}")
-    valid = np.flatnonzero(~np.isnan(metrics["ap"]))
-    rows = valid[np.linspace(0, len(valid) - 1, min(num_ranked_queries, len(valid))).astype(int)]
-    viz.plot_ranked_lists(_query_images(query, metrics, config, rows), DecodedImages(gallery),
-                          metrics["ranked_indices"][rows], metrics["ranked_matches"][rows],
-                          os.path.join(out, f"{name}_ranked.png"))
-    if _scores_pairs(config):
-      shown = rows[:4]
-      _plot_matching(model, variables, query.take(shown),
-                     gallery.take(metrics["ranked_indices"][shown, 0]), config, mesh,
-                     os.path.join(out, f"{name}_matching.png"))
-  except OSError as e:
-    raise WorkdirError(f"Cannot write the reports to {out}: {e.strerror or e}.") from None
-  return metrics
+    variables, report = checkpoints.init_from(shapes, config.init_from, mesh)
+  except ValueError as e:
+    raise config_schema.ConfigError(f"config.init_from={config.init_from!r}: {e}") from None
+  if report.fresh:
+    raise config_schema.ConfigError(
+        f"config.init_from={config.init_from!r} lacks {len(report.fresh)} variables of "
+        f"{config.model} (model_kwargs {dict(config.model_kwargs)}), e.g. {report.fresh[:5]}.")
+  logging.info(report.summary())
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  return _evaluate_and_report(config, model, variables, mesh, pretrained.weights_name(config.init_from),
+                              out, num_ranked_queries)
+
+
+def _cli():
+  """`python -m reid_jax.evaluate`: flags -> `evaluate_workdir` or `evaluate_weights`.
+  The flags are defined here, when run as a program: library modules define none."""
+  config = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlfn.py.")
+  workdir = flags.DEFINE_string("workdir", None, "A run: evaluate its latest checkpoint.")
+  out = flags.DEFINE_string("out", None, "Folder for the reports (default: <workdir>/eval, or "
+                            "./eval_<weights name> for config.init_from).")
+  num_ranked = flags.DEFINE_integer("num_ranked_queries", 8, "Queries in the ranked-list figure.")
+  flags.mark_flag_as_required("config")
+
+  def parse(argv):  # an unknown --config.KEY names the keys there are, as in reid_jax.main
+    try:
+      return flags.FLAGS(argv)
+    except (AttributeError, KeyError):
+      found = [config_overrides.unknown_override(argv, a) for a in argv[1:] if a.startswith("--config.")]
+      if not any(found):
+        raise
+      sys.exit(f"error: {next(m for m in found if m)}")
+
+  def main(argv):
+    c = config.value
+    if len(argv) > 1 or bool(workdir.value) == bool(c.init_from):
+      sys.exit("error: evaluate either --workdir=<a run> or --config.init_from=<a run, or a "
+               f"torchreid .pth/.pth.tar>, one of them{f'; unexpected {argv[1:]}' if argv[1:] else ''}.")
+    tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
+    console.use_console(sys.argv)  # as reid_jax.main: the result only, unless a log flag is given
+    checkpoints.quiet_logs()
+    try:
+      if workdir.value:
+        metrics = evaluate_workdir(c, workdir.value, num_ranked.value, out.value)
+      else:
+        metrics = evaluate_weights(c, out.value or f"eval_{pretrained.weights_name(c.init_from)}",
+                                   num_ranked.value)
+    except market_layout.DatasetNotFoundError as e:
+      sys.exit(f"error: {e}\nWith reid_jax.evaluate, --config.manual_dir=DIR names that folder.")
+    except (config_schema.ConfigError, data.DataError, WorkdirError) as e:
+      sys.exit(f"error: {e}")
+    print(f"{c.model} on {c.dataset}: {format_metrics(metrics)}")
+    if metrics.get("tpr_at_fpr"):
+      print("TPR at FPR " + ", ".join(f"{f}: {t:.1%}" for f, t in metrics["tpr_at_fpr"].items()))
+
+  app.run(main, flags_parser=parse)
+
+
+if __name__ == "__main__":
+  from reid_jax import evaluate  # one module object, also when the package has imported it
+  evaluate._cli()

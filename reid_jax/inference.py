@@ -15,8 +15,10 @@ from jax.experimental import multihost_utils
 from reid_jax import data, models, sharding
 
 
-@functools.lru_cache(maxsize=8)
-def _embed_fn(model, spec, flip, mesh):
+def embedding_fn(model, spec, flip):
+  """`embed(variables, inputs) -> [B, D]`: the test feature of a batch of normalised
+  inputs ({key: [B, H, W, C] float32} of `spec.inputs`), averaged with the mirrored
+  inputs' when `flip`. Not jitted (`reid_jax.serving` exports it too)."""
   def embed(variables, inputs):
     def features(inputs):
       args, kwargs = spec.apply_inputs(inputs)
@@ -26,7 +28,13 @@ def _embed_fn(model, spec, flip, mesh):
       out = (out + features(jax.tree.map(lambda x: x[:, :, ::-1], inputs))) / 2
     return out
 
-  return jax.jit(embed, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+  return embed
+
+
+@functools.lru_cache(maxsize=8)
+def _embed_fn(model, spec, flip, mesh):
+  return jax.jit(embedding_fn(model, spec, flip),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
                  out_shardings=sharding.batch_sharded(mesh))
 
 

@@ -2,19 +2,25 @@
 
 `--mode=evaluate` re-evaluates the latest checkpoint of the workdir instead
 (with e.g. `--config.eval.rerank=True`) and writes reports to `<workdir>/eval/`.
+By default the console shows a progress line, each evaluation and the result;
+`--verbosity=0` (or `--alsologtostderr`) gives absl's full INFO log instead.
 `--distributed` trains on several hosts: the same command on each, every process
 feeding its share of each global batch (see the README, "Multi-host").
 """
 import sys
 
-import jax
-import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
+from reid_jax import console
 
-from reid_jax import (checkpoints, config_overrides, config_schema, data, evaluate, interrupts,
-                      train, workdir_lock)
-from reid_jax.data import market_layout
+console.quiet_native_logs(sys.argv)  # before TensorFlow is imported (here, and by clu and tfds)
+
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from reid_jax import (checkpoints, config_overrides, config_schema, data, evaluate,  # noqa: E402
+                      interrupts, train, workdir_lock)
+from reid_jax.data import market_layout  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlfn.py[:synthetic].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and reports go.")
@@ -73,6 +79,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cluster = _cluster_args()
+  console.use_console(sys.argv)  # before the first device use: jax's backend probe logs at INFO
   # Neither call may come after the first use of a device (imports use none).
   tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
   if _DISTRIBUTED.value:

@@ -22,8 +22,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from reid_jax import (checkpoints, config_schema, data, evaluate, interrupts, models, optimizers,
-                      pretrained, sharding, workdir_lock)
+from reid_jax import (checkpoints, config_schema, console, data, evaluate, interrupts, models,
+                      optimizers, pretrained, sharding, workdir_lock)
 
 
 class TrainState(train_state.TrainState):
@@ -120,6 +120,15 @@ def compile_train_step(mesh, spec, loss_kwargs):
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
+def metric_writer(workdir):
+  """clu's writer: TensorBoard events in `workdir` (process 0), and each scalar in
+  the log when it is at INFO (`console.full_log`; the other processes only then)."""
+  if console.full_log():
+    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  return metric_writers.AsyncMultiWriter(
+      [metric_writers.SummaryWriter(workdir)] if jax.process_index() == 0 else [])
+
+
 def save_config(workdir, config):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
@@ -175,12 +184,12 @@ def _train(config, workdir):
       config, num_classes, steps_per_epoch, mesh, ckpt_manager)
   step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   start_step = int(state.step)
-  logging.info("%s on %s: %d classes, %d train images, %d steps (%d per epoch) of %d images "
-               "(%s sampler), %d devices.", config.model, config.dataset, num_classes,
-               len(train_split), total_steps, steps_per_epoch, batch_size, config.sampler,
-               jax.device_count())
+  progress = console.Progress(total_steps, batch_size, show=jax.process_index() == 0)
+  progress.note(f"{config.model} on {config.dataset}: {num_classes} classes, {len(train_split)} "
+                f"train images, {total_steps} steps ({steps_per_epoch} per epoch) of {batch_size} "
+                f"images ({config.sampler} sampler), {jax.device_count()} devices.")
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writer(workdir)
   step_fn = compile_train_step(mesh, models.get_spec(config.model), config.loss)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer, every_steps=config.log_every_steps,
@@ -193,7 +202,7 @@ def _train(config, workdir):
     writer.write_scalars(step, evaluate.scalar_summary(metrics))
     if jax.process_index() == 0:
       evaluate.write_metrics(workdir, step, metrics)
-    logging.info("step %d | %s", step, evaluate.format_metrics(metrics))
+    progress.note(f"step {step} | {evaluate.format_metrics(metrics)}")
     return metrics
 
   metrics = None
@@ -208,6 +217,7 @@ def _train(config, workdir):
       for step in range(start_step + 1, total_steps + 1):
         batch = sharding.global_batch(mesh, next(batches))
         state, step_metrics = step_fn(state, batch, step_rng)
+        interrupts.check()
         # One host sync per step: a non-finite step must be known before anything is saved.
         if not bool(step_metrics.pop("finite")):
           if config.nonfinite == "stop":
@@ -216,14 +226,18 @@ def _train(config, workdir):
           logging.warning("step %d: non-finite loss or gradients; the update was skipped.", step)
         else:
           window.append(step_metrics)
-        if window and (step % config.log_every_steps == 0 or step == total_steps):
+        logged = bool(window) and (step % config.log_every_steps == 0 or step == total_steps)
+        if logged:
           summary = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
           summary["learning_rate"] = float(schedule(step - 1))
           writer.write_scalars(step, summary)
           window = []
+        progress.step(step, summary if logged else None)
         report_progress(step, time.monotonic())
         if step % config.checkpoint_every_steps == 0 or step == total_steps:
-          ckpt_manager.save(step, args=ocp.args.StandardSave(state))
+          with interrupts.deferred():
+            ckpt_manager.save(step, args=ocp.args.StandardSave(state))
+          interrupts.check()
         if (config.eval_every_steps and step % config.eval_every_steps == 0) or step == total_steps:
           metrics = run_evaluation(step)
       ckpt_manager.wait_until_finished()

@@ -1,5 +1,6 @@
-"""Report figures: CMC curves, ranked lists (MGN, Wang et al. 2018, Fig. 4) and KPM's
-matching-confidence and attention maps (Shen et al. 2018, Fig. 6).
+"""Report figures: CMC curves, ranked lists (MGN, Wang et al. 2018, Fig. 4), KPM's
+matching-confidence and attention maps (Shen et al. 2018, Fig. 6), the verification
+ROC (`metrics.roc_curve`) and the rank-1 per camera pair (`metrics.camera_pair_rank1`).
 
 Inputs are numpy arrays (uint8 HWC images); outputs are PNG files. Plots use
 matplotlib's non-interactive Agg backend, so they work on headless machines.
@@ -100,6 +101,55 @@ def plot_matching(query_images, gallery_images, betas, alphas, map_size, points,
       ax.axis("off")
       _heat(axes[r, 2 + 2 * k], gallery, betas[r, row * w + col].reshape(h, w),
             f"match ({row},{col})" if r == 0 else None)
+  _makedirs(path)
+  fig.savefig(path, format="png", bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def plot_roc(roc, path, title="ROC", marks=None):
+  """Writes a `metrics.roc_curve` result as TPR against FPR (log scale) to `path` (PNG)
+  and returns `path`. marks: {FPR: TPR} points to mark (`metrics.tpr_at_fpr`)."""
+  fpr = np.concatenate([[0.0], roc["fpr"], [1.0]])
+  tpr = np.concatenate([[0.0], roc["tpr"], [roc["tpr"][-1] if len(roc["tpr"]) else 0.0]])
+  floor = 0.5 / max(roc["num_negatives"], 1)  # FPR 0 drawn at half of one negative pair
+  fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+  # TPR holds between corners while the FPR grows: a staircase ('post' steps).
+  ax.step(np.maximum(fpr, floor), 100 * tpr, where="post")
+  for target, value in (marks or {}).items():
+    ax.plot(target, 100 * value, "o", markersize=4,
+            label=f"TPR {100 * value:.1f}% @ FPR {target:g}")
+  ax.set(xscale="log", xlim=(floor, 1), ylim=(0, 100), xlabel="false positive rate",
+         ylabel="true positive rate (%)",
+         title=f"{title} ({roc['num_positives']:,} +, {roc['num_negatives']:,} - pairs)")
+  ax.grid(alpha=0.3, which="both")
+  if marks:
+    ax.legend(loc="lower right")
+  return _save(fig, path)
+
+
+def plot_camera_pairs(table, path, title="rank-1 per camera pair"):
+  """Writes a `metrics.camera_pair_rank1` result as a heat map (rows: query cameras,
+  columns: gallery cameras; rank-1 % and the counted queries in each cell) to `path`
+  (PNG) and returns `path`."""
+  rank1 = np.asarray(table["rank1"], np.float64)
+  rows, cols = len(table["query_cameras"]), len(table["gallery_cameras"])
+  fig, ax = plt.subplots(figsize=(1.0 + 0.8 * cols, 0.8 + 0.6 * rows), dpi=120)
+  image = ax.imshow(100 * np.ma.masked_invalid(rank1), vmin=0, vmax=100, cmap="viridis")
+  for a in range(rows):
+    for b in range(cols):
+      n = int(table["num_queries"][a, b])
+      text = f"{100 * rank1[a, b]:.0f}\n({n})" if n else "-"
+      ax.text(b, a, text, ha="center", va="center", fontsize=6,
+              color="white" if n and rank1[a, b] < 0.6 else "black")
+  ax.set_xticks(range(cols), [str(c) for c in table["gallery_cameras"]])
+  ax.set_yticks(range(rows), [str(c) for c in table["query_cameras"]])
+  ax.set(xlabel="gallery camera", ylabel="query camera", title=title)
+  fig.colorbar(image, ax=ax, label="rank-1 (%)")
+  return _save(fig, path)
+
+
+def _save(fig, path):
   _makedirs(path)
   fig.savefig(path, format="png", bbox_inches="tight")
   plt.close(fig)

@@ -49,3 +49,16 @@ def test_plot_matching_writes_one_row_per_pair_and_checks_the_map_shapes(tmp_pat
   assert image.format == "PNG" and height > 200 and 1.0 < width / height < 1.6  # 2 rows x 5 panels
   with pytest.raises(ValueError, match="do not fit"):
     viz.plot_matching(images, images, beta[:, :4], alpha, (4, 2), [(0, 0)], str(tmp_path / "x.png"))
+
+
+def test_plot_roc_and_camera_pairs(tmp_path):
+  roc = {"fpr": np.array([0.0, 1e-3, 0.2]), "tpr": np.array([0.3, 0.6, 1.0]),
+         "thresholds": np.array([0.1, 0.2, 0.5]), "num_positives": 10, "num_negatives": 5000}
+  path = viz.plot_roc(roc, str(tmp_path / "eval" / "roc.png"), marks={1e-3: 0.6})
+  image = Image.open(path)
+  assert image.format == "PNG" and image.size[0] > 300
+  table = {"query_cameras": np.array([1, 2]), "gallery_cameras": np.array([1, 2, 3]),
+           "rank1": np.array([[np.nan, 0.5, 1.0], [0.25, np.nan, 0.0]]),
+           "num_queries": np.array([[0, 2, 1], [4, 0, 3]])}
+  path = viz.plot_camera_pairs(table, str(tmp_path / "pairs.png"))
+  assert Image.open(path).format == "PNG"

@@ -94,7 +94,7 @@ def _flags(workdir, data_dir, steps):
           "--config.p_identities=4", "--config.k_instances=2", "--config.eval_batch_size=200",
           "--config.model_kwargs.embed_dim=32", "--config.checkpoint_every_steps=2",
           "--config.eval_every_steps=0", "--config.eval_at_start=True",
-          "--config.log_every_steps=1"]
+          "--config.log_every_steps=1", "--verbosity=0"]  # the log holds each step's loss
 
 
 def _env(devices, **extra):
