@@ -29,6 +29,6 @@ setuptools.setup(
         # torchreid (its model files need torch only) for MLFN's; nbclient and ipykernel
         # execute the notebooks of colabs/.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "torchreid==0.2.5",
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.10", "jupyter_client>=8", "ipykernel>=6.29"],
     },
 )
