@@ -1,6 +1,7 @@
 """What the after-training entry points (`extract`, `search`, `export`) share: loading a
 workdir, finding images, a progress bar, and exiting with a one-line error.
 Defines no flags; each entry point defines its own."""
+import contextlib
 import os
 import sys
 
@@ -69,6 +70,15 @@ def check_out_folder(path, flag="--out"):
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     sys.exit(f"error: {flag}={path}: the folder {folder} does not exist.")
+
+
+@contextlib.contextmanager
+def exit_on_write_error(path, flag="--out"):
+  """Within the block, an OSError exits with one line naming `flag`."""
+  try:
+    yield
+  except OSError as e:
+    sys.exit(f"error: {flag}={path}: {e.strerror or e}.")
 
 
 def write_npz_atomically(path, **arrays):

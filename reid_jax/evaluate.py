@@ -7,7 +7,8 @@ encoded images through `metrics.evaluate_scores(**config.pairwise)`).
 `evaluate_workdir` re-evaluates a workdir's latest checkpoint, `evaluate_weights`
 the weights `config.init_from` names (another run, or a torchreid model-zoo file);
 both write the files of `reid_jax.reports`. `python -m reid_jax.main --mode=evaluate`
-runs the first, `python -m reid_jax.evaluate` (--workdir or --config.init_from) either.
+runs the first, `python -m reid_jax.evaluate` (`evaluate_cli`: --workdir or
+--config.init_from) either.
 """
 import functools
 import io
@@ -23,15 +24,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 from reid_jax import (  # noqa: E402
-    checkpoints, config_overrides, config_schema, data, inference, models, pretrained, reports,
-    sharding)
+    checkpoints, config_schema, data, inference, models, pretrained, reports, sharding)
 from reid_jax import metrics as retrieval  # noqa: E402
-from reid_jax.data import market_layout  # noqa: E402
 
 REPORTED_RANKS = (1, 5, 10, 20)
 
@@ -258,50 +255,8 @@ def evaluate_weights(config, out, num_ranked_queries=8):
                               out, num_ranked_queries)
 
 
-def _cli():
-  """`python -m reid_jax.evaluate`: flags -> `evaluate_workdir` or `evaluate_weights`.
-  The flags are defined here, when run as a program: library modules define none."""
-  config = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mlfn.py.")
-  workdir = flags.DEFINE_string("workdir", None, "A run: evaluate its latest checkpoint.")
-  out = flags.DEFINE_string("out", None, "Folder for the reports (default: <workdir>/eval, or "
-                            "./eval_<weights name> for config.init_from).")
-  num_ranked = flags.DEFINE_integer("num_ranked_queries", 8, "Queries in the ranked-list figure.")
-  flags.mark_flag_as_required("config")
-
-  def parse(argv):  # an unknown --config.KEY names the keys there are, as in reid_jax.main
-    try:
-      return flags.FLAGS(argv)
-    except (AttributeError, KeyError):
-      found = [config_overrides.unknown_override(argv, a) for a in argv[1:] if a.startswith("--config.")]
-      if not any(found):
-        raise
-      sys.exit(f"error: {next(m for m in found if m)}")
-
-  def main(argv):
-    c = config.value
-    if len(argv) > 1 or bool(workdir.value) == bool(c.init_from):
-      sys.exit("error: evaluate either --workdir=<a run> or --config.init_from=<a run, or a "
-               f"torchreid .pth/.pth.tar>, one of them{f'; unexpected {argv[1:]}' if argv[1:] else ''}.")
-    tf.config.set_visible_devices([], "GPU")  # tf.data only: leave accelerators to JAX
-    console.use_console(sys.argv)  # as reid_jax.main: the result only, unless a log flag is given
-    checkpoints.quiet_logs()
-    try:
-      if workdir.value:
-        metrics = evaluate_workdir(c, workdir.value, num_ranked.value, out.value)
-      else:
-        metrics = evaluate_weights(c, out.value or f"eval_{pretrained.weights_name(c.init_from)}",
-                                   num_ranked.value)
-    except market_layout.DatasetNotFoundError as e:
-      sys.exit(f"error: {e}\nWith reid_jax.evaluate, --config.manual_dir=DIR names that folder.")
-    except (config_schema.ConfigError, data.DataError, WorkdirError) as e:
-      sys.exit(f"error: {e}")
-    print(f"{c.model} on {c.dataset}: {format_metrics(metrics)}")
-    if metrics.get("tpr_at_fpr"):
-      print("TPR at FPR " + ", ".join(f"{f}: {t:.1%}" for f, t in metrics["tpr_at_fpr"].items()))
-
-  app.run(main, flags_parser=parse)
-
-
 if __name__ == "__main__":
-  from reid_jax import evaluate  # one module object, also when the package has imported it
-  evaluate._cli()
+  # The command line lives in evaluate_cli, which imports this file as reid_jax.evaluate:
+  # the library's one module object (its WorkdirError is the one the library raises).
+  from reid_jax import evaluate_cli
+  evaluate_cli.run()

@@ -6,7 +6,6 @@ its [b, D] test features, for any batch size b (`reid_jax.serving` says what is
 inside). `DIR/reid_jax_export.json` describes the input and output. DIR appears
 only when complete.
 """
-import sys
 
 from absl import app, flags
 
@@ -29,10 +28,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.check_out_folder(_OUT.value.rstrip("/"))
   extract = cli.load(_WORKDIR.value, flip=_FLIP.value)
-  try:
+  with cli.exit_on_write_error(_OUT.value):
     serving.export(extract, _FORMAT.value, _OUT.value, _PLATFORMS.value)
-  except OSError as e:
-    sys.exit(f"error: --out={_OUT.value}: {e.strerror or e}")
   print(f"Exported {extract.config.model} (step {extract.step}) as {_FORMAT.value} to "
         f"{_OUT.value}.")
 

@@ -5,7 +5,6 @@ to the .npz file, computed exactly as the evaluation does (`FeatureExtractor`).
 An unreadable image is an error listing every such file, unless `--skip_bad`
 leaves them out and reports them. The file appears only when complete.
 """
-import sys
 
 import numpy as np
 from absl import app, flags
@@ -32,10 +31,8 @@ def main(argv):
   cli.check_out_folder(_OUT.value)
   extract = cli.load(_WORKDIR.value, flip=_FLIP.value, batch_size=_BATCH_SIZE.value)
   features, kept, bad = cli.features(extract, paths, _SKIP_BAD.value)
-  try:
+  with cli.exit_on_write_error(_OUT.value):
     cli.write_npz_atomically(_OUT.value, features=features, paths=np.array(kept))
-  except OSError as e:
-    sys.exit(f"error: --out={_OUT.value}: {e.strerror or e}.")
   skipped = f"; skipped {len(bad)} unreadable" if bad else ""
   print(f"Wrote {features.shape[0]} features of dimension {features.shape[1]} to {_OUT.value} "
         f"({extract.config.model}, step {extract.step}){skipped}.")

@@ -9,7 +9,6 @@ every query-gallery pair.
 """
 import csv
 import os
-import sys
 
 import numpy as np
 import PIL.Image
@@ -95,13 +94,11 @@ def main(argv):
   queries, gallery = list(query_split.filenames), list(gallery_split.filenames)
   ranked = top_k(dist, _TOP_K.value)
   csv_path = os.path.join(out, f"top{_TOP_K.value}.csv")
-  try:
+  with cli.exit_on_write_error(out):
     os.makedirs(out, exist_ok=True)
     write_csv(csv_path, queries, gallery, dist, ranked)
     figure = plot_ranked(os.path.join(out, "ranked.png"), queries, gallery, dist,
                          ranked[:_NUM_SHOWN.value])
-  except OSError as e:
-    sys.exit(f"error: --out={out}: {e.strerror or e}.")
   print(f"Ranked {len(gallery)} gallery images for {len(queries)} queries "
         f"({extract.config.model}, step {extract.step}): {csv_path}, {figure}.")
 

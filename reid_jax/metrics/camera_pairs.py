@@ -11,7 +11,7 @@ query and is NaN.
 """
 import numpy as np
 
-from reid_jax.metrics import distance, evaluation, validate
+from reid_jax.metrics import distance, evaluation
 
 
 def camera_pair_rank1(distmat, q_pids, g_pids, q_camids, g_camids):
@@ -25,11 +25,8 @@ def camera_pair_rank1(distmat, q_pids, g_pids, q_camids, g_camids):
   the matrix per gallery camera, in blocks of query rows.
   Inputs are checked as `evaluation.evaluate_rank` checks them.
   """
-  distmat = validate.distances(distmat, "distmat")
-  q_pids, g_pids, q_camids, g_camids = evaluation.validated_labels(
-      q_pids, g_pids, q_camids, g_camids, *distmat.shape, "the number of rows of distmat",
-      "the number of columns of distmat")
-  validate.finite(distmat, "distmat")
+  distmat, q_pids, g_pids, q_camids, g_camids = evaluation.validated_distances(
+      distmat, q_pids, g_pids, q_camids, g_camids)
   query_cams, q_index = np.unique(q_camids, return_inverse=True)
   gallery_cams = np.unique(g_camids)
   hits = np.zeros((len(query_cams), len(gallery_cams)), np.int64)

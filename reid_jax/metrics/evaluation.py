@@ -39,6 +39,16 @@ def validated_labels(q_pids, g_pids, q_camids, g_camids, num_q, num_g, rows, col
           validate.ids(g_camids, "g_camids", num_g, cols))
 
 
+def validated_distances(distmat, q_pids, g_pids, q_camids, g_camids):
+  """(distmat, q_pids, g_pids, q_camids, g_camids) validated: distmat [Q, G] real,
+  2-D, non-empty and finite; the labels integer, of lengths Q (q_*) and G (g_*)."""
+  distmat = validate.distances(distmat, "distmat")
+  labels = validated_labels(q_pids, g_pids, q_camids, g_camids, *distmat.shape,
+                            "the number of rows of distmat", "the number of columns of distmat")
+  validate.finite(distmat, "distmat")
+  return (distmat, *labels)
+
+
 def validate_options(max_rank, protocol, num_repeats):
   validate.positive_int(max_rank, "max_rank")
   validate.choice(protocol, "protocol", PROTOCOLS)
@@ -206,13 +216,10 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, prot
   or columns, or has NaN / inf entries, for label lengths that differ from its rows
   (q_*) or columns (g_*), and for bad options.
   """
-  distmat = validate.distances(distmat, "distmat")
-  num_q, num_g = distmat.shape
-  q_pids, g_pids, q_camids, g_camids = validated_labels(
-      q_pids, g_pids, q_camids, g_camids, num_q, num_g, "the number of rows of distmat",
-      "the number of columns of distmat")
+  distmat, q_pids, g_pids, q_camids, g_camids = validated_distances(
+      distmat, q_pids, g_pids, q_camids, g_camids)
   validate_options(max_rank, protocol, num_repeats)
-  validate.finite(distmat, "distmat")
+  num_q, num_g = distmat.shape
   wide = np.dtype(distmat.dtype) == np.float64 or (
       np.issubdtype(distmat.dtype, np.integer) and np.abs(distmat).max(initial=0) >= 2**24)
   dtype = np.float64 if wide else np.float32

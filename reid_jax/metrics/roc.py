@@ -42,11 +42,8 @@ def roc_curve(distmat, q_pids, g_pids, q_camids, g_camids):
   at constant TPR). Without negatives the FPR is 0; without positives T = 0.
   Inputs are checked as `evaluation.evaluate_rank` checks them.
   """
-  distmat = validate.distances(distmat, "distmat")
-  q_pids, g_pids, q_camids, g_camids = evaluation.validated_labels(
-      q_pids, g_pids, q_camids, g_camids, *distmat.shape, "the number of rows of distmat",
-      "the number of columns of distmat")
-  validate.finite(distmat, "distmat")
+  distmat, q_pids, g_pids, q_camids, g_camids = evaluation.validated_distances(
+      distmat, q_pids, g_pids, q_camids, g_camids)
   positives, negatives = [np.zeros(0, distmat.dtype)], [np.zeros(0, distmat.dtype)]
   for d, pos, neg in _row_blocks(distmat, q_pids, g_pids, q_camids, g_camids):
     positives.append(d[pos])
