@@ -23,6 +23,8 @@ setuptools.setup(
         "matplotlib>=3.8",
         "safetensors>=0.4",
         "threadpoolctl>=3.1",
+        "h5py>=3.10",  # CUHK03's cuhk-03.mat is MATLAB v7.3, i.e. HDF5
+        "scipy>=1.11",  # the MATLAB v5 .mat files of CUHK03's new protocol and GRID
     ],
     extras_require={
         # torch (CPU) is the independent reference for the weight-import parity tests;

@@ -25,6 +25,7 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 DTYPES = ("float32", "bfloat16")
 NONFINITE = ("stop", "skip")
 SAMPLERS = ("pk", "random")
+TASKS = ("reid", "classification")
 # evaluate_features' data arguments; the rest of its keywords are `config.eval`.
 _EVAL_DATA_ARGS = ("qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids")
 
@@ -37,13 +38,19 @@ def base_config(model=""):
   """The shared keys, with `config.loss` holding the defaults of `model`'s loss."""
   c = ml_collections.ConfigDict()
   c.model = model
+  c.task = "reid"                     # 'reid': identities in, query/gallery retrieval out;
+                                      # 'classification': a tfds classification dataset (cifar100,
+                                      # imagenet2012), top-1/top-5 error (reid_jax.classification)
   c.model_kwargs = {}                 # overrides passed to models.get_model (width, ...)
   c.loss = ml_collections.ConfigDict(_loss_defaults(model))  # keyword arguments of the loss
   c.pretrained = ""                   # ImageNet weights (.safetensors/.npz/.pth) for the backbone
   c.init_from = ""                    # another run's workdir or checkpoint, or a torchreid .pth
   c.dtype = "float32"                 # compute dtype; params stay float32
 
-  c.dataset = ""                      # tfds name[/config], e.g. market1501 or synthetic_reid/small
+  c.dataset = ""                      # tfds name[/config], e.g. market1501 or synthetic_reid/small;
+                                      # several joined by '+' train on their union (data.sources)
+  c.split = 0                         # partition of a multi-partition dataset (cuhk03/*_classic:
+                                      # 0-19; viper, grid: 0-9); reid_jax.protocol runs every one
   c.data_dir = ""                     # tfds data_dir ('' = tfds default)
   c.manual_dir = ""                   # where the official archive/folder lies ('' = <data_dir>/downloads/manual)
   c.image_size = (256, 128)           # (height, width)
@@ -104,6 +111,21 @@ def _loss_defaults(model):
   if not model:
     return {}
   return models.get_spec(model).loss_defaults()
+
+
+def check_dataset_info(config, dataset_infos):
+  """Raises ConfigError for values the built datasets (their tfds `info`s, the
+  evaluated one first) cannot serve, before any split is read: a `split` beyond the
+  evaluated dataset's partitions, or CUHK03's classic partitions evaluated by
+  another protocol than its single-shot `cuhk03`."""
+  count = data.partitions.num_partitions(dataset_infos[0])
+  if config.split >= count:
+    _fail("split", config.split, f"{config.dataset!r} has {count} partition"
+          f"{'s (0 to ' + str(count - 1) + ')' if count > 1 else ' (0)'}")
+  wanted = (dataset_infos[0].metadata or {}).get("protocol")
+  if wanted and config.eval.protocol != wanted:
+    _fail("eval.protocol", config.eval.protocol, f"{config.dataset!r} is evaluated by the "
+          f"{wanted!r} protocol (set --config.eval.protocol={wanted})")
 
 
 def check_against_dataset(config, train_split, dataset_info):
@@ -233,6 +255,7 @@ _RULES = (
     + [("eval_every_steps", int, lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
        ("num_train_steps", int, lambda v: v != 0, "a positive integer, or -1 to use num_epochs"),
        ("seed", int, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
+       ("split", int, lambda v: v >= 0, "an integer >= 0"),
        ("eval.seed", int, lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
        ("learning_rate", float, lambda v: 0 < v < float("inf"), "positive and finite"),
        ("weight_decay", float, lambda v: 0 <= v < float("inf"), ">= 0 and finite"),
@@ -282,14 +305,39 @@ def _validate_numbers(config):
       _fail(key, config[key], "must be increasing")
 
 
+def _validate_classification(config, spec):
+  """task='classification' draws random batches (a class-balanced P x K batch is not
+  what the classification papers train on), reads one dataset without offline
+  copies, and scores the network's class logits, which a pair-scoring network lacks."""
+  if config.sampler != "random":
+    _fail("sampler", config.sampler, "task='classification' trains on random batches of "
+          "config.batch_size: set it to 'random'")
+  if "+" in config.dataset:
+    _fail("dataset", config.dataset, "task='classification' trains on one tfds dataset")
+  if config.augment.offline_copies != 1:
+    _fail("augment.offline_copies", config.augment.offline_copies,
+          "task='classification' has no offline translation: leave it 1")
+  if spec.evaluation != "embedding":
+    _fail("model", config.model, f"{config.model} scores pairs of images; task='classification' "
+          "needs a network with class logits")
+
+
 def validate(config):
   """Raises ConfigError naming the first key whose value cannot work."""
   spec = _validate_network(config)
   if not config.dataset:
     _fail("dataset", config.dataset, "name a tfds dataset, e.g. market1501 or synthetic_reid/small")
+  try:
+    data.sources.names(config.dataset)
+  except ValueError as e:
+    _fail("dataset", config.dataset, str(e).split(": ", 1)[1])
   if config.sampler not in SAMPLERS:
     _fail("sampler", config.sampler, f"must be one of {SAMPLERS}")
   _validate_numbers(config)
+  if config.task not in TASKS:
+    _fail("task", config.task, f"must be one of {TASKS}")
+  if config.task == "classification":
+    _validate_classification(config, spec)
   if config.sampler == "pk" and config.p_identities < 2:
     _fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
   choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES,

@@ -27,7 +27,8 @@ import PIL.Image  # noqa: E402
 from absl import logging  # noqa: E402
 
 from reid_jax import (  # noqa: E402
-    checkpoints, config_schema, data, inference, models, pretrained, reports, sharding)
+    checkpoints, classification, config_schema, data, inference, models, pretrained, reports,
+    sharding)
 from reid_jax import metrics as retrieval  # noqa: E402
 
 REPORTED_RANKS = (1, 5, 10, 20)
@@ -100,13 +101,18 @@ def evaluate_model(model, variables, query, gallery, config, mesh, return_detail
 
 
 def scalar_summary(metrics):
-  """rank-k, mAP and mINP as plain floats, for metric writers."""
+  """rank-k, mAP and mINP as plain floats, for metric writers (the top-k errors of
+  task='classification', `reid_jax.classification`, which the next two report too)."""
+  if classification.is_classification(metrics):
+    return classification.scalar_summary(metrics)
   out = {f"rank{k}": float(metrics["cmc"][k - 1]) for k in REPORTED_RANKS if k <= len(metrics["cmc"])}
   out.update(mAP=float(metrics["mAP"]), mINP=float(metrics["mINP"]))
   return out
 
 
 def format_metrics(metrics):
+  if classification.is_classification(metrics):
+    return classification.format_metrics(metrics)
   s = scalar_summary(metrics)
   ranks = " | ".join(f"rank-{k} {s[f'rank{k}']:.1%}" for k in REPORTED_RANKS if f"rank{k}" in s)
   return f"{ranks} | mAP {s['mAP']:.1%} | mINP {s['mINP']:.1%}"
@@ -114,6 +120,8 @@ def format_metrics(metrics):
 
 def write_metrics(workdir, step, metrics):
   """`<workdir>/eval/metrics_<step>.json` and `<workdir>/metrics.json` (the latest)."""
+  if classification.is_classification(metrics):
+    return classification.write_metrics(workdir, step, metrics)
   payload = {"step": int(step), **scalar_summary(metrics),
              "cmc": [float(x) for x in metrics["cmc"]],
              "num_valid_queries": int(metrics["num_valid_queries"])}
@@ -150,17 +158,18 @@ class WorkdirError(OSError):
   """A workdir that cannot be evaluated (absent, no checkpoint) or written to."""
 
 
-def _model_shapes(config):
-  """The configured network without classifiers, and the shapes of its variables."""
-  model = models.get_model(config.model, 0, dtype=jnp.dtype(config.dtype), **config.model_kwargs)
+def _model_shapes(config, num_classes=0):
+  """The configured network (without classifiers by default), and the shapes of its variables."""
+  model = models.get_model(config.model, num_classes, dtype=jnp.dtype(config.dtype),
+                           **config.model_kwargs)
   spec = models.get_spec(config.model)
   return model, jax.eval_shape(lambda: spec.init(model, jax.random.key(0), tuple(config.image_size)))
 
 
-def _read_checkpoint(config, workdir, mesh):
-  """(variables, step, model) of the latest checkpoint in `workdir`, without classifiers;
-  raises WorkdirError without creating anything, or ConfigError when the config
-  describes another network than the checkpoint holds."""
+def _read_checkpoint(config, workdir, mesh, num_classes=0):
+  """(variables, step, model) of the latest checkpoint in `workdir`, without classifiers
+  unless `num_classes` is given; raises WorkdirError without creating anything, or
+  ConfigError when the config describes another network than the checkpoint holds."""
   if not os.path.isdir(workdir):
     raise WorkdirError(f"The workdir {workdir} does not exist.")
   try:
@@ -168,7 +177,7 @@ def _read_checkpoint(config, workdir, mesh):
   except FileNotFoundError:
     raise WorkdirError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}: "
                        "train first with `python -m reid_jax.main`.") from None
-  model, abstract = _model_shapes(config)
+  model, abstract = _model_shapes(config, num_classes)
   try:
     variables = checkpoints.read_variables(step_dir, mesh, like=abstract)
   except ValueError as e:
@@ -179,13 +188,21 @@ def _read_checkpoint(config, workdir, mesh):
   return variables, step, model
 
 
+def load_test_splits(config):
+  """The query and gallery of `config.dataset` (its first source; partition `config.split`)."""
+  first = data.sources.names(config.dataset)[0]
+  dataset_builders = [data.builder(first, config.data_dir, config.manual_dir)]
+  config_schema.check_dataset_info(config, [b.info for b in dataset_builders])
+  reid = data.sources.load(dataset_builders, config.split, splits=("query", "gallery"))
+  return reid.query, reid.gallery
+
+
 def _evaluate_and_report(config, model, variables, mesh, label, out, num_ranked_queries,
                          step=None):
   """`evaluate_model` on the config's query and gallery, logged, then `reports.write`
   to the folder `out` (and KPM's Fig. 6; the JSON holds `step` when one is given);
   OSError -> WorkdirError."""
-  dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
-  query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
+  query, gallery = load_test_splits(config)
   metrics = evaluate_model(model, variables, query, gallery, config, mesh, return_details=True)
   logging.info("%s on %s, %s | %s", config.model, config.dataset, label, format_metrics(metrics))
   pooled = bool(config.eval.query_pooling)
@@ -224,9 +241,29 @@ def evaluate_workdir(config, workdir, num_ranked_queries=8, out=None):
   """
   config_schema.validate(config)
   mesh = sharding.create_mesh()
+  if config.task == "classification":
+    return _evaluate_classifier(config, workdir, mesh, out or os.path.join(workdir, "eval"))
   variables, step, model = _read_checkpoint(config, workdir, mesh)
   return _evaluate_and_report(config, model, variables, mesh, f"step {step}",
                               out or os.path.join(workdir, "eval"), num_ranked_queries, step)
+
+
+def _evaluate_classifier(config, workdir, mesh, out):
+  """task='classification': the top-k errors of the latest checkpoint's network,
+  classifier included, over the test split; written to `<out>/step<step>.json`."""
+  _, test = classification.load(config)
+  variables, step, model = _read_checkpoint(config, workdir, mesh, test.num_classes)
+  metrics = classification.evaluate_model(model, variables, test, config, mesh)
+  logging.info("%s on %s, step %d | %s", config.model, config.dataset, step,
+               format_metrics(metrics))
+  payload = {"step": int(step), **classification.scalar_summary(metrics),
+             "num_images": int(metrics["num_images"])}
+  try:
+    os.makedirs(out, exist_ok=True)
+    reports.write_json_atomically(os.path.join(out, f"step{step}.json"), payload)
+  except OSError as e:
+    raise WorkdirError(f"Cannot write the reports to {out}: {e.strerror or e}.") from None
+  return metrics
 
 
 def evaluate_weights(config, out, num_ranked_queries=8):
@@ -239,6 +276,9 @@ def evaluate_weights(config, out, num_ranked_queries=8):
   config_schema.validate(config)
   if not config.init_from:
     raise config_schema.ConfigError("config.init_from is empty: name the weights to evaluate.")
+  if config.task == "classification":
+    raise config_schema.ConfigError("config.task='classification': evaluate a run's workdir "
+                                    "(--workdir), whose checkpoint holds the classifier.")
   mesh = sharding.create_mesh()
   model, shapes = _model_shapes(config)
   try:

@@ -27,11 +27,16 @@ from reid_jax.metrics import camera_pairs
 from reid_jax.ops import kpm as kpm_ops
 
 
-def write_json_atomically(path, payload):
+def write_text_atomically(path, text):
+  """Writes `text` to a temporary file beside `path`, renamed to `path` once complete."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json_atomically(path, payload):
+  write_text_atomically(path, json.dumps(payload, indent=2))
 
 
 def verification(distmat, q_pids, g_pids, q_camids, g_camids):

@@ -22,8 +22,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from reid_jax import (checkpoints, config_schema, console, data, evaluate, interrupts, models,
-                      optimizers, pretrained, sharding, workdir_lock)
+from reid_jax import (checkpoints, classification, config_schema, console, data, evaluate,
+                      interrupts, models, optimizers, pretrained, sharding, workdir_lock)
 
 
 class TrainState(train_state.TrainState):
@@ -169,16 +169,27 @@ def train_and_evaluate(config, workdir):
     return _train(config, workdir)
 
 
+def load_reid_data(config):
+  """The train, query and gallery `Split`s of `config.dataset` (partition
+  `config.split`), checked against the config before anything compiles."""
+  dataset_builders = data.sources.builders(config.dataset, config.data_dir, config.manual_dir)
+  config_schema.check_dataset_info(config, [b.info for b in dataset_builders])
+  reid = data.sources.load(dataset_builders, config.split)
+  config_schema.check_against_dataset(config, reid.train, reid.info)
+  return reid.train, reid.query, reid.gallery
+
+
 def _train(config, workdir):
   mesh = sharding.create_mesh()
   batch_size = config_schema.train_batch_size(config)
-  dataset = data.builder(config.dataset, config.data_dir, config.manual_dir)
-  train_split = data.load_split(dataset, "train")
-  config_schema.check_against_dataset(config, train_split, dataset.info)
-  query, gallery = data.load_split(dataset, "query"), data.load_split(dataset, "gallery")
+  if config.task == "classification":  # a tfds classification dataset (reid_jax.classification)
+    train_split, test_split = classification.load(config)
+    num_classes = train_split.num_classes
+  else:
+    train_split, query, gallery = load_reid_data(config)
+    num_classes = int(train_split.labels.max()) + 1
   # An epoch passes over every (offline-translated) copy of every training image.
   steps_per_epoch = max(1, data.train_size(train_split, config) // batch_size)
-  num_classes = int(train_split.labels.max()) + 1
   ckpt_manager = checkpoints.manager(workdir, config.keep_checkpoints)
   model, state, schedule, total_steps = create_train_state(
       config, num_classes, steps_per_epoch, mesh, ckpt_manager)
@@ -198,7 +209,10 @@ def _train(config, workdir):
   def run_evaluation(step):
     with report_progress.timed("eval"):
       variables = {"params": state.params, "batch_stats": state.batch_stats}
-      metrics = evaluate.evaluate_model(model, variables, query, gallery, config, mesh)
+      if config.task == "classification":
+        metrics = classification.evaluate_model(model, variables, test_split, config, mesh)
+      else:
+        metrics = evaluate.evaluate_model(model, variables, query, gallery, config, mesh)
     writer.write_scalars(step, evaluate.scalar_summary(metrics))
     if jax.process_index() == 0:
       evaluate.write_metrics(workdir, step, metrics)
@@ -211,7 +225,9 @@ def _train(config, workdir):
     with interrupts.as_exception():
       if start_step == 0 and config.eval_at_start:
         metrics = run_evaluation(0)
-      batches = data.train_batches(train_split, config, start_step)  # fails as data.DataError
+      train_batches = (classification.train_batches if config.task == "classification"
+                       else data.train_batches)
+      batches = train_batches(train_split, config, start_step)  # fails as data.DataError
       report_progress(start_step, time.monotonic())
       window = []
       for step in range(start_step + 1, total_steps + 1):

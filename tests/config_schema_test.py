@@ -26,6 +26,24 @@ def test_shipped_configs_are_valid(module, arg):
   config_schema.validate(module.get_config(arg))
 
 
+@pytest.mark.parametrize("name, arg", [("mlfn_cifar100", None), ("jlml", "imagenet")])
+def test_shipped_classification_configs_are_valid(name, arg):
+  config = _load(name).get_config(arg)
+  assert config.task == "classification"
+  config_schema.validate(config)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("split", -1, r"^config.split=-1: must be an integer >= 0$"),
+    ("dataset", "market1501+", r"^config.dataset='market1501\+': expected tfds names joined by"),
+])
+def test_dataset_keys_are_checked(key, value, message):
+  config = mlfn.get_config()
+  config[key] = value
+  with pytest.raises(config_schema.ConfigError, match=message):
+    config_schema.validate(config)
+
+
 def test_unknown_config_argument_is_an_error():
   with pytest.raises(ValueError, match="Unknown config argument 'tiny'"):
     mlfn.get_config("tiny")

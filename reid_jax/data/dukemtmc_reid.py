@@ -36,10 +36,11 @@ class DukemtmcReid(market_layout.MarketStyleBuilder):
   Person masks from the optional folder `DukeMTMC-reID_masks/`.
   """
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version("1.2.0")
   RELEASE_NOTES = {
       "1.0.0": "Initial release.",
       "1.1.0": f"Optional person masks from {LAYOUT.folder}_masks/.",
+      "1.2.0": "Every image is checked to decode before anything is written.",
   }
   LAYOUT = LAYOUT
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT.instructions()

@@ -2,12 +2,15 @@
 import numpy as np
 import tensorflow_datasets as tfds
 
+from reid_jax.data import partitions
 
-def reid_features(encoding_format, with_mask=False):
+
+def reid_features(encoding_format, with_mask=False, num_partitions=None):
   """image, person_id (-1 junk, 0 distractor), 0-based camera_id, train label and
   filename; with_mask adds a coarse person mask (255 on the person). Every builder
   passes with_mask=True; one without masks stores 1x1 black ones and says so in its
-  metadata (`has_masks`)."""
+  metadata (`has_masks`). With `num_partitions`, the `roles` of each image in each
+  partition (see `partitions`); labels are then -1, numbered when a partition loads."""
   features = {
       "image": tfds.features.Image(shape=(None, None, 3), encoding_format=encoding_format),
       "person_id": tfds.features.Scalar(np.int64, doc="-1 junk, 0 distractor."),
@@ -19,4 +22,6 @@ def reid_features(encoding_format, with_mask=False):
     features["mask"] = tfds.features.Image(
         shape=(None, None, 1), encoding_format="png",
         doc="255 on the person, 0 elsewhere; 1x1 black when the dataset has none.")
+  if num_partitions is not None:
+    features["roles"] = partitions.roles_feature(num_partitions)
   return tfds.features.FeaturesDict(features)

@@ -17,13 +17,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from reid_jax.data import features, masks
+from reid_jax.data import features, image_checks, manual, masks
+from reid_jax.data.manual import DatasetNotFoundError
 
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  """The official archive or folder is not where tfds looks for it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,18 +61,13 @@ class Record:
 
 def not_found_message(layout, manual_dir):
   manual_dir = epath.Path(manual_dir)
-  if not manual_dir.exists():
-    state = "It does not exist."
-  else:
-    entries = sorted(p.name for p in manual_dir.iterdir())
-    state = f"It holds: {', '.join(entries)}." if entries else "It is empty."
   return (
-      f"{layout.name} was not found in the manual directory {manual_dir}. {state}\n"
+      f"{layout.name} was not found in the manual directory {manual_dir}. "
+      f"{manual.state(manual_dir)}\n"
       f"Put the official zip there as\n  {manual_dir / layout.archive}\n"
       f"or its extracted folder as\n  {manual_dir / layout.folder}/"
       f"{{{','.join(SPLIT_FOLDERS.values())}}}/\n"
-      f"(from {layout.url}), or point tfds.download.DownloadConfig(manual_dir=...) "
-      "or `tfds build --manual_dir` at the folder that holds them.")
+      f"(from {layout.url}), or {manual.TAIL}")
 
 
 def locate(layout, manual_dir):
@@ -183,17 +175,17 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     )
 
   def _split_generators(self, dl_manager):
-    try:
-      manual_dir = dl_manager.manual_dir
-    except AssertionError as e:
-      # tfds asserts that the manual_dir exists and is not empty; say what belongs there.
-      path = dl_manager._manual_dir  # pylint: disable=protected-access
-      raise DatasetNotFoundError(not_found_message(self.LAYOUT, path)) from e
+    manual_dir = manual.directory(
+        dl_manager, lambda path: DatasetNotFoundError(not_found_message(self.LAYOUT, path)))
     source = locate(self.LAYOUT, manual_dir)
     split_records = records(self.LAYOUT, source)
     warn_on_counts(self.LAYOUT, split_records)
+    with _reader(source) as read:
+      image_checks.check_all(self.LAYOUT.name, [r.member for recs in split_records.values()
+                                                for r in recs], read, str(source))
     self.info.metadata["num_classes"] = len({r.person_id for r in split_records["train"]})
     self.info.metadata["num_cameras"] = self.LAYOUT.num_cameras
+    self.info.metadata["official_num_images"] = dict(self.LAYOUT.num_images)
     mask_folder = manual_dir / f"{self.LAYOUT.folder}{masks.SUFFIX}"
     split_masks = masks.find(self.LAYOUT.name, mask_folder, {
         split: [f"{SPLIT_FOLDERS[split]}/{r.filename}" for r in recs]

@@ -12,13 +12,14 @@ The trainer and evaluator iterate them through `batches` (errors that name the
 file and never hang).
 """
 import dataclasses
+import os
 
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from reid_jax.data import augment, samplers
+from reid_jax.data import augment, partitions, samplers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,37 +59,60 @@ def builder(dataset, data_dir="", manual_dir=""):
   b = tfds.builder(dataset, data_dir=data_dir or None)
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir or None))
+  root = (b.info.metadata or {}).get("root")  # a user's own folder (reid_folder)
+  if root and manual_dir and os.path.abspath(root) != os.path.abspath(manual_dir):
+    raise ValueError(
+        f"{dataset} in {b.data_dir} was built from {root}, not from the manual_dir {manual_dir}: "
+        "tfds keeps one such dataset per data_dir. Give this folder its own data_dir, or delete "
+        f"{os.path.dirname(b.data_dir)} to rebuild.")
   return b
 
 
-def load_split(dataset_builder, split):
-  """Reads `split` into a `Split` without decoding the images.
+def load_split(dataset_builder, split, partition=0):
+  """Reads `split` ('train', 'query' or 'gallery') into a `Split` without decoding
+  the images; of a multi-partition dataset, the split of `partition` (see
+  `partitions`), else `partition` must be 0.
 
   Masks are read when the builder's metadata says `has_masks` (datasets without
   masks store a 1x1 black placeholder, left out here: `masks` is None); datasets
   built before that key existed have masks iff their features have `mask`.
   """
-  features = dataset_builder.info.features
-  has_masks = (dataset_builder.info.metadata or {}).get("has_masks", "mask" in features)
-  skip = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in features}
-  ds = dataset_builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
+  info = dataset_builder.info
+  name = _dataset_name(dataset_builder)
+  count = partitions.num_partitions(info)
+  if not (isinstance(partition, int) and 0 <= partition < count):
+    raise ValueError(f"{name} has {count} partition{'s' if count > 1 else ''} (0"
+                     f"{f' to {count - 1}' if count > 1 else ''}); there is no partition "
+                     f"{partition!r}.")
+  has_masks = (info.metadata or {}).get("has_masks", "mask" in info.features)
+  skip = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in info.features}
+  stored = partitions.SPLIT if "roles" in info.features else split
+  ds = dataset_builder.as_dataset(split=stored, decoders=skip, shuffle_files=False)
   columns = {k: [] for k in ("image", "person_id", "camera_id", "label", "filename")}
   if has_masks:
     columns["mask"] = []
+  if "roles" in info.features:
+    columns["roles"] = []
   for ex in tfds.as_numpy(ds):
     for k in columns:
       columns[k].append(ex[k])
-  if not columns["image"]:
-    raise ValueError(f"Split {split!r} of {dataset_builder.info.full_name} is empty.")
   as_object = lambda xs: np.array(xs, dtype=object)
-  return Split(
+  out = Split(
       images=as_object(columns["image"]),
       masks=as_object(columns["mask"]) if has_masks else None,
       person_ids=np.array(columns["person_id"], np.int64),
       camera_ids=np.array(columns["camera_id"], np.int64),
       labels=np.array(columns["label"], np.int64),
       filenames=np.array([f.decode() for f in columns["filename"]]),
-      name=split, dataset=_dataset_name(dataset_builder))
+      name=split, dataset=name)
+  if "roles" in info.features and len(out):
+    out = out.take(partitions.rows(np.stack(columns["roles"]), split, partition))
+    labels = partitions.train_labels(out.person_ids) if split == "train" else -np.ones(len(out))
+    out = dataclasses.replace(out, labels=labels.astype(np.int64),
+                              dataset=f"{name} partition {partition}")
+  if not len(out):
+    raise ValueError(f"Split {split!r} of {out.dataset or info.full_name} is empty.")
+  return out
 
 
 def _dataset_name(dataset_builder):

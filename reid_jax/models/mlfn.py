@@ -6,6 +6,13 @@ sigmoid output S_n (Eq. 2) gates the FMs (Eq. 4). The factor signature
 S_hat = [S_1, ..., S_N] (Eq. 5) and the pooled final map are projected to d = 1024
 and averaged into the test feature R (Eq. 6). Block layout, FSM widths and the
 initialisation follow torchreid's `mlfn`, whose parameter count this matches.
+
+CIFAR-100 (Sec. 4.1, "MLFN Architecture Details"; Sec. 4.3): N = 9 blocks, hence
+K = 9 x 32 = 288; the paper gives no more (its supplementary material is not public).
+`stem='cifar'` with `stage_blocks=(3, 3, 3)` is the layout of the ResNeXt-29 it compares
+with (Xie et al., CVPR 2017, Sec. 5.3) built of MLFN's blocks: one 3x3 conv at the full
+32x32 resolution, three stages of 3 blocks (outputs 256/512/1024, stride 2 entering
+stages 2 and 3, an 8x8 final map); 8,289,796 parameters with 100 classes.
 """
 from typing import Any, Sequence
 
@@ -18,6 +25,8 @@ from reid_jax.models.spec import NetworkSpec
 from reid_jax.ops import grouped_conv
 
 STAGE_CHANNELS = (256, 512, 1024, 2048)
+# 'imagenet': 7x7/2 conv + 3x3/2 max pool (torchreid); 'cifar': one 3x3/1 conv (ResNeXt-29).
+STEMS = ("imagenet", "cifar")
 # FSM hidden widths per stage (torchreid `mlfn`).
 FSM_CHANNELS = ((128, 64), (256, 128), (512, 128), (512, 128))
 
@@ -65,27 +74,36 @@ class MLFNBlock(nn.Module):
 
 class MLFN(nn.Module):
   """MLFN for re-ID. `width` scales every channel count; `stage_blocks`, `groups`
-  and `embed_dim` give smaller variants (the paper's CIFAR net uses 9 blocks).
+  and `embed_dim` give smaller variants; `stem='cifar'` with `stage_blocks=(3, 3, 3)`
+  is the paper's 9-block CIFAR-100 net (see the module docstring).
 
   Outputs: `'embedding'` R [B, embed_dim] and, with classes, `'logits'` [1, B, C];
-  the factor signature S_hat [B, 16 * groups] is sown as
+  the factor signature S_hat [B, N * groups] (N blocks) is sown as
   `intermediates/factor_signature`."""
   num_classes: int
   width: float = 1.0
   stage_blocks: Sequence[int] = (3, 4, 6, 3)
   groups: int = 32
   embed_dim: int = 1024
+  stem: str = "imagenet"
   dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.stem not in STEMS:
+      raise ValueError(f"stem {self.stem!r} is not one of {STEMS}")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, images, train=False):
     w = lambda c: max(int(c * self.width), self.groups)
     norm = lambda name: batch_norm(train, self.dtype, name)
     x = images.astype(self.dtype)
-    x = nn.Conv(w(64), (7, 7), (2, 2), padding=_pad(7), kernel_init=conv_init,
+    k, stride = (7, 2) if self.stem == "imagenet" else (3, 1)
+    x = nn.Conv(w(64), (k, k), (stride, stride), padding=_pad(k), kernel_init=conv_init,
                 dtype=self.dtype, name="stem_conv")(x)
     x = nn.relu(norm("stem_bn")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+    if self.stem == "imagenet":
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
 
     signature = []
     for stage, num_blocks in enumerate(self.stage_blocks):

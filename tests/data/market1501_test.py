@@ -47,6 +47,10 @@ def test_builds_exact_records(
   assert metadata["has_masks"] is False
   assert metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"
   assert metadata["num_masks"] == {"train": 0, "query": 0, "gallery": 0}
+  # The real release's sizes, as the module docstring states them.
+  assert metadata["official_num_images"] == {"train": 12936, "query": 3368, "gallery": 19732}
+  for count in ("12,936", "3,368", "19,732", "751 identities"):
+    assert count in market1501.__doc__
   # The metadata is saved with the dataset and survives reloading it.
   for reloaded in (market1501.Market1501(data_dir=tmp_path / "tfds"),
                    tfds.builder_from_directory(builder.data_dir)):
@@ -103,7 +107,8 @@ def test_undecodable_mask_is_an_error_naming_the_file(
 def test_manual_download_instructions_describe_the_mask_folder():
   instructions = market1501.Market1501.MANUAL_DOWNLOAD_INSTRUCTIONS
   assert f"`{ROOT}_masks/bounding_box_train/0002_c1s1_000451_03.png`" in instructions
-  assert market1501.Market1501.VERSION == "1.1.0"
+  assert market1501.Market1501.VERSION == "1.2.0"
+  assert "decode" in market1501.Market1501.RELEASE_NOTES["1.2.0"]
 
 
 def test_warns_when_counts_differ_from_the_official_release(
