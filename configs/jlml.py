@@ -5,7 +5,8 @@ images resized to 224x224, m = 4 local strips, SGD with momentum 0.9, base lr
 0.01 multiplied by 0.1 every 20k iterations, 50k iterations, batches of 32
 randomly sampled images (Sec. 2.2: classification needs no P x K batches), the
 L2 distance between 1024-d concat(global, local) features. The paper starts from
-JLML pre-trained on ImageNet (for VIPeR/GRID: on CUHK03+Market); no public JLML
+JLML pre-trained on ImageNet (for VIPeR/GRID: on CUHK03+Market, the whole datasets:
+`--config.dataset=cuhk03/labeled+market1501 --config.train_on=all`); no public JLML
 weights exist, so start from your own run with `--config.init_from=<workdir>`.
 `--config=configs/jlml.py:imagenet` is that ImageNet pretraining (Table 4, "Pre-train"
 row: lr 0.01 x0.1 every 100k iterations, 300k iterations, batches of 32, momentum 0.9)

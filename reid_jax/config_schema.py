@@ -25,6 +25,7 @@ METRICS = ("euclidean", "sqeuclidean", "cosine")
 DTYPES = ("float32", "bfloat16")
 NONFINITE = ("stop", "skip")
 SAMPLERS = ("pk", "random")
+TRAIN_ON = ("train", "all")
 TASKS = ("reid", "classification")
 # evaluate_features' data arguments; the rest of its keywords are `config.eval`.
 _EVAL_DATA_ARGS = ("qf", "gf", "q_pids", "g_pids", "q_camids", "g_camids")
@@ -51,6 +52,8 @@ def base_config(model=""):
                                       # several joined by '+' train on their union (data.sources)
   c.split = 0                         # partition of a multi-partition dataset (cuhk03/*_classic:
                                       # 0-19; viper, grid: 0-9); reid_jax.protocol runs every one
+  c.train_on = "train"                # or 'all': every image with a person id, train, query
+                                      # and gallery (JLML's "whole datasets" pretraining)
   c.data_dir = ""                     # tfds data_dir ('' = tfds default)
   c.manual_dir = ""                   # where the official archive/folder lies ('' = <data_dir>/downloads/manual)
   c.image_size = (256, 128)           # (height, width)
@@ -341,7 +344,7 @@ def validate(config):
   if config.sampler == "pk" and config.p_identities < 2:
     _fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
   choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES,
-             "nonfinite": NONFINITE}
+             "nonfinite": NONFINITE, "train_on": TRAIN_ON}
   for key, allowed in choices.items():
     if config[key] not in allowed:
       _fail(key, config[key], f"must be one of {allowed}")

@@ -174,7 +174,10 @@ def load_reid_data(config):
   `config.split`), checked against the config before anything compiles."""
   dataset_builders = data.sources.builders(config.dataset, config.data_dir, config.manual_dir)
   config_schema.check_dataset_info(config, [b.info for b in dataset_builders])
-  reid = data.sources.load(dataset_builders, config.split)
+  try:
+    reid = data.sources.load(dataset_builders, config.split, whole=config.train_on == "all")
+  except data.sources.WholeSourceError as e:
+    raise config_schema.ConfigError(f"config.train_on='all': {e}") from None
   config_schema.check_against_dataset(config, reid.train, reid.info)
   return reid.train, reid.query, reid.gallery
 

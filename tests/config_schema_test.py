@@ -36,6 +36,7 @@ def test_shipped_classification_configs_are_valid(name, arg):
 @pytest.mark.parametrize("key, value, message", [
     ("split", -1, r"^config.split=-1: must be an integer >= 0$"),
     ("dataset", "market1501+", r"^config.dataset='market1501\+': expected tfds names joined by"),
+    ("train_on", "everything", r"^config.train_on='everything': must be one of \('train', 'all'\)$"),
 ])
 def test_dataset_keys_are_checked(key, value, message):
   config = mlfn.get_config()

@@ -39,15 +39,22 @@ def train_batches(split, config, start_step=0, shard=None):
 
 def eval_batches(split, batch_size, image_size, shard=None):
   """`eval_dataset` as an iterator of numpy dicts (see `Batches`)."""
+  return ordered_batches(eval_dataset(split, batch_size, image_size, shard), split, batch_size,
+                         image_size, shard)
+
+
+def ordered_batches(dataset, split, batch_size, image_size, shard=None):
+  """`Batches` over `dataset`, the tf.data batches of every image of `split` in order
+  (this process's rows of each global batch of `batch_size`, the last one padded)."""
   rows, _ = _local_rows(batch_size, shard)
   n = len(split)
 
   def items(i):
     return [k for k in range(i * batch_size + rows.start, i * batch_size + rows.stop) if k < n]
 
-  return Batches(eval_dataset(split, batch_size, image_size, shard), split, tuple(image_size),
-                 items, lambda i: f"the evaluation batch of images {i * batch_size} to "
-                                  f"{min(n, (i + 1) * batch_size) - 1}")
+  return Batches(dataset, split, tuple(image_size), items,
+                 lambda i: f"the evaluation batch of images {i * batch_size} to "
+                           f"{min(n, (i + 1) * batch_size) - 1}")
 
 
 _open_batches = weakref.WeakSet()

@@ -33,7 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from reid_jax.data import augment, manual, samplers
-from reid_jax.data.batches import Batches, DataError
+from reid_jax.data.batches import Batches, DataError, ordered_batches
 from reid_jax.data.pipeline import _local_rows
 
 # The labelled split a classification dataset is evaluated on: 'test', except where
@@ -218,12 +218,5 @@ def train_batches(split, config, start_step=0, shard=None):
 
 def eval_batches(split, batch_size, image_size, shard=None):
   """`eval_dataset` as numpy dicts (`batches.Batches`)."""
-  rows, _ = _local_rows(batch_size, shard)
-  n = len(split)
-
-  def items(i):
-    return [k for k in range(i * batch_size + rows.start, i * batch_size + rows.stop) if k < n]
-
-  return Batches(eval_dataset(split, batch_size, image_size, shard), split, tuple(image_size),
-                 items, lambda i: f"the evaluation batch of images {i * batch_size} to "
-                                  f"{min(n, (i + 1) * batch_size) - 1}")
+  return ordered_batches(eval_dataset(split, batch_size, image_size, shard), split, batch_size,
+                         image_size, shard)

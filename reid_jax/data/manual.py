@@ -1,5 +1,8 @@
-"""The manual directory: where a builder finds a dataset's official files, and the
-one error every builder raises when they are not there."""
+"""The manual directory: where a builder finds a dataset's official files, the one
+error every builder raises when they are not there, and reading a release kept as
+its zip or as the folder the zip extracts to."""
+import contextlib
+import zipfile
 from typing import Sequence
 
 from etils import epath
@@ -39,3 +42,14 @@ def directory(dl_manager, error):
     return dl_manager.manual_dir
   except AssertionError as e:
     raise error(dl_manager._manual_dir) from e  # pylint: disable=protected-access
+
+
+@contextlib.contextmanager
+def reader(source):
+  """Yields read(member) -> bytes of a release `source`: a zip (members are its paths)
+  or a folder (members are paths below it)."""
+  if source.is_file():
+    with zipfile.ZipFile(source.open("rb")) as archive:
+      yield archive.read
+  else:
+    yield lambda member: (source / member).read_bytes()

@@ -7,7 +7,6 @@ manual_dir, as the official zip or as its extracted folder, parses the names and
 passes the JPEG bytes through unchanged. Person masks are optional: a folder
 `<folder>_masks/` beside the release gives each image a mask (see `masks`).
 """
-import contextlib
 import dataclasses
 import re
 import zipfile
@@ -147,15 +146,6 @@ def warn_on_counts(layout, split_records):
         layout.num_train_ids)
 
 
-@contextlib.contextmanager
-def _reader(source):
-  if source.is_file():  # the zip
-    with zipfile.ZipFile(source.open("rb")) as archive:
-      yield archive.read
-  else:
-    yield lambda member: (source / member).read_bytes()
-
-
 class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Builds train/query/gallery from a Market-style release in the manual_dir.
 
@@ -180,7 +170,7 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     source = locate(self.LAYOUT, manual_dir)
     split_records = records(self.LAYOUT, source)
     warn_on_counts(self.LAYOUT, split_records)
-    with _reader(source) as read:
+    with manual.reader(source) as read:
       image_checks.check_all(self.LAYOUT.name, [r.member for recs in split_records.values()
                                                 for r in recs], read, str(source))
     self.info.metadata["num_classes"] = len({r.person_id for r in split_records["train"]})
@@ -200,7 +190,7 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             for split, recs in split_records.items()}
 
   def _generate_examples(self, source, split_records, mask_paths):
-    with _reader(source) as read:
+    with manual.reader(source) as read:
       for r, mask in zip(split_records, mask_paths):
         yield r.filename, {"image": read(r.member), "mask": masks.read(mask),
                            "person_id": r.person_id, "camera_id": r.camera_id,

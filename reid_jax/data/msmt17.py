@@ -242,6 +242,7 @@ class Msmt17(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["num_cameras"] = NUM_CAMERAS
     self.info.metadata["has_masks"] = False
     self.info.metadata["official_num_images"] = dict(NUM_IMAGES)
+    self.info.metadata["person_ids_per_split"] = True  # train and test each count from 0
     return {split: self._generate_examples(manual_dir, recs)
             for split, recs in split_records.items()}
 

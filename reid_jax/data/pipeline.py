@@ -78,7 +78,7 @@ def load_split(dataset_builder, split, partition=0):
   built before that key existed have masks iff their features have `mask`.
   """
   info = dataset_builder.info
-  name = _dataset_name(dataset_builder)
+  name = dataset_name(dataset_builder)
   count = partitions.num_partitions(info)
   if not (isinstance(partition, int) and 0 <= partition < count):
     raise ValueError(f"{name} has {count} partition{'s' if count > 1 else ''} (0"
@@ -115,7 +115,7 @@ def load_split(dataset_builder, split, partition=0):
   return out
 
 
-def _dataset_name(dataset_builder):
+def dataset_name(dataset_builder):
   """'market1501', 'synthetic_reid/small': the name `builder` takes, without version."""
   config = dataset_builder.builder_config
   return f"{dataset_builder.name}/{config.name}" if config else dataset_builder.name

@@ -9,6 +9,12 @@ identities: its train labels follow the previous sources' (source 2's label 0 is
 label n1), so no two sources share a class, and its file names are prefixed with
 its dataset name; person and camera ids stay the source's own. Evaluation uses the
 first source's query and gallery. Person masks are kept only if every source has them.
+
+`whole=True` (`config.train_on='all'`) trains on every image of each source that has
+a person id (> 0: no junk, no distractors), train, query and gallery alike, each
+image once and labelled by its person: JLML pretrains on "CUHK03+Market (whole
+datasets)". Its evaluation then scores images it trained on. A source whose splits
+number their persons apart (MSMT17) cannot be used whole.
 """
 import dataclasses
 from typing import Sequence
@@ -16,6 +22,10 @@ from typing import Sequence
 import numpy as np
 
 from reid_jax.data import partitions, pipeline
+
+
+class WholeSourceError(ValueError):
+  """A source that cannot be trained on whole (see `whole_split`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,28 +61,57 @@ def _partition(dataset_builder, partition):
 
 
 def load(dataset_builders: Sequence, partition: int = 0,
-         splits: Sequence[str] = ("train", "query", "gallery")) -> ReidData:
-  """Reads `splits` of the sources (query and gallery from the first only)."""
+         splits: Sequence[str] = ("train", "query", "gallery"), whole: bool = False) -> ReidData:
+  """Reads `splits` of the sources (query and gallery from the first only); with
+  `whole`, the training split of each source is all of it (module docstring)."""
   first = dataset_builders[0]
   read = lambda b, split: pipeline.load_split(b, split, _partition(b, partition))
   out = {split: read(first, split) for split in ("query", "gallery") if split in splits}
   if "train" in splits:
-    trains = [read(b, "train") for b in dataset_builders]
+    trains = [whole_split(b) if whole else read(b, "train") for b in dataset_builders]
     out["train"] = trains[0] if len(trains) == 1 else combine(trains)
   return ReidData(train=out.get("train"), query=out.get("query"), gallery=out.get("gallery"),
                   info=first.info)
 
 
+def _concatenate(splits: Sequence[pipeline.Split], labels, filenames, dataset) -> pipeline.Split:
+  """The images of `splits` one after the other, as a training split (masks kept
+  only if every split has them)."""
+  join = lambda field: np.concatenate([getattr(s, field) for s in splits])
+  return pipeline.Split(
+      images=join("images"),
+      masks=join("masks") if all(s.masks is not None for s in splits) else None,
+      person_ids=join("person_ids"), camera_ids=join("camera_ids"), labels=labels,
+      filenames=filenames, name="train", dataset=dataset)
+
+
 def combine(trains: Sequence[pipeline.Split]) -> pipeline.Split:
   """One training split of several sources' (see the module docstring)."""
   offsets = np.cumsum([0] + [int(s.labels.max()) + 1 for s in trains[:-1]])
-  with_masks = all(s.masks is not None for s in trains)
-  join = lambda arrays: np.concatenate(arrays)
-  return pipeline.Split(
-      images=join([s.images for s in trains]),
-      masks=join([s.masks for s in trains]) if with_masks else None,
-      person_ids=join([s.person_ids for s in trains]),
-      camera_ids=join([s.camera_ids for s in trains]),
-      labels=join([s.labels + offset for s, offset in zip(trains, offsets)]),
-      filenames=join([np.char.add(f"{s.dataset}:", s.filenames.astype(str)) for s in trains]),
-      name="train", dataset="+".join(s.dataset for s in trains))
+  return _concatenate(
+      trains, labels=np.concatenate([s.labels + offset for s, offset in zip(trains, offsets)]),
+      filenames=np.concatenate([np.char.add(f"{s.dataset}:", s.filenames.astype(str))
+                                for s in trains]),
+      dataset="+".join(s.dataset for s in trains))
+
+
+def whole_split(dataset_builder) -> pipeline.Split:
+  """Every image of a source with a person id > 0, once, labelled 0..n-1 by person id
+  (its partition 0 holds every image of a multi-partition dataset)."""
+  name = pipeline.dataset_name(dataset_builder)
+  if (dataset_builder.info.metadata or {}).get("person_ids_per_split"):
+    raise WholeSourceError(f"{name} numbers the persons of each split apart: it cannot be "
+                           "trained on whole.")
+  splits = ("train", "query", "gallery")
+  parts = [pipeline.load_split(dataset_builder, split) for split in splits]
+  split = _concatenate(parts, np.concatenate([p.labels for p in parts]),
+                       np.concatenate([p.filenames for p in parts]), name)
+  # An image is in several splits only in a partition (CUHK03 classic: query = gallery);
+  # elsewhere a file name may recur in another split's folder as another image.
+  stored_once = partitions.num_partitions(dataset_builder.info) > 1
+  keys = np.concatenate([p.filenames if stored_once else np.char.add(f"{s}/", p.filenames)
+                         for s, p in zip(splits, parts)])
+  _, first = np.unique(keys, return_index=True)
+  keep = np.sort(first[split.person_ids[first] > 0])
+  split = split.take(keep)
+  return dataclasses.replace(split, labels=partitions.train_labels(split.person_ids))

@@ -26,7 +26,6 @@ partition's split. The BMPs are converted to PNG losslessly. Read from tfds'
 manual_dir: the folder `VIPeR/` (holding cam_a/ and cam_b/) or the zip
 `VIPeR.v1.0.zip`. VIPeR has no person masks: every mask is a 1x1 black PNG.
 """
-import contextlib
 import io
 import re
 import zipfile
@@ -151,15 +150,6 @@ def pairs(source, members):
   return list(zip(cam_a, cam_b))
 
 
-@contextlib.contextmanager
-def _reader(source):
-  if source.is_file():  # the zip
-    with zipfile.ZipFile(source.open("rb")) as archive:
-      yield archive.read
-  else:
-    yield lambda member: (source / member).read_bytes()
-
-
 class Viper(tfds.core.GeneratorBasedBuilder):
   """VIPeR: 632 identities, 2 cameras; 10 random 316/316 partitions, single-shot."""
 
@@ -185,7 +175,7 @@ class Viper(tfds.core.GeneratorBasedBuilder):
         dl_manager, lambda path: _not_found(path, [f"{FOLDER}/{cam}/" for cam in CAMERAS]))
     source = locate(manual_dir)
     image_pairs = pairs(source, list_members(source))
-    with _reader(source) as read:
+    with manual.reader(source) as read:
       image_checks.check_all(NAME, [m for pair in image_pairs for m in pair],
                              lambda member: to_png(read(member)), str(source))
     image_roles = roles(len(image_pairs))
@@ -200,7 +190,7 @@ class Viper(tfds.core.GeneratorBasedBuilder):
     return {partitions.SPLIT: self._generate_examples(source, image_pairs, image_roles)}
 
   def _generate_examples(self, source, image_pairs, image_roles):
-    with _reader(source) as read:
+    with manual.reader(source) as read:
       for i, pair in enumerate(image_pairs):
         for camera, member in enumerate(pair):
           filename = "/".join(member.split("/")[-2:])

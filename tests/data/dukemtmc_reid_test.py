@@ -29,6 +29,10 @@ def test_builds_exact_records(write_release, build_dataset, check_records, check
   check_records(builder, files, ROOT, EXPECTED)
   assert builder.info.metadata["num_classes"] == 2
   assert builder.info.metadata["num_cameras"] == 8
+  assert builder.info.metadata["official_num_images"] == {
+      "train": 16522, "query": 2228, "gallery": 17661}
+  for count in ("16,522", "2,228", "17,661", "702 identities"):
+    assert count in dukemtmc_reid.__doc__
   check_masks(builder, {})
   assert builder.info.metadata["has_masks"] is False
   assert builder.info.metadata["mask_folder"] == f"{manual_dir}/{ROOT}_masks"

@@ -145,3 +145,59 @@ def test_a_malformed_combination_is_a_config_error(dataset):
       rf"^config.dataset='{dataset.replace('+', '[+]')}': expected tfds names joined by '\+'")):
     config_schema.validate(config)
   assert sources.names("market1501 + cuhk03/labeled") == ["market1501", "cuhk03/labeled"]
+
+
+class ThreeSplits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A Market-style release: train, query and gallery, a file name in two folders."""
+  VERSION = tfds.core.Version("1.0.0")
+  PER_SPLIT_IDS = False
+  # split -> (person_id, filename) of each image
+  SPLITS = {"train": [(3, "a.jpg"), (3, "b.jpg"), (4, "c.jpg")],
+            "query": [(8, "q.jpg")],
+            "gallery": [(8, "q.jpg"), (8, "g.jpg"), (0, "d.jpg"), (-1, "j.jpg")]}
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, metadata=tfds.core.MetadataDict(),
+                                 features=features.reid_features("png", True))
+
+  def _split_generators(self, dl_manager):
+    self.info.metadata.update(has_masks=False)
+    if self.PER_SPLIT_IDS:
+      self.info.metadata["person_ids_per_split"] = True
+    return {split: self._generate_examples(split) for split in self.SPLITS}
+
+  def _generate_examples(self, split):
+    for i, (pid, name) in enumerate(self.SPLITS[split]):
+      yield name, {"image": np.full((4, 2, 3), 10 * len(split) + i, np.uint8),
+                   "mask": np.zeros((1, 1, 1), np.uint8), "person_id": pid, "camera_id": 0,
+                   "label": [3, 4].index(pid) if split == "train" else -1, "filename": name}
+
+
+def test_a_whole_source_is_every_image_with_a_person_once(partitioned, tmp_path):
+  three = ThreeSplits(data_dir=str(tmp_path))
+  three.download_and_prepare()
+  whole = sources.whole_split(three)
+  rows = sorted(zip(whole.filenames, whole.person_ids.tolist(), whole.labels.tolist(),
+                    [pipeline.augment.decode(im, 3, (4, 2)).numpy()[0, 0, 0] for im in whole.images]))
+  # q.jpg is a query image and, another one, a gallery image: both kept; 0 and -1 dropped.
+  assert [r[:3] for r in rows] == [("a.jpg", 3, 0), ("b.jpg", 3, 0), ("c.jpg", 4, 1),
+                                   ("g.jpg", 8, 2), ("q.jpg", 8, 2), ("q.jpg", 8, 2)]
+  assert sorted(r[3] for r in rows if r[0] == "q.jpg") == [50, 70]  # the query and gallery images
+  # A partitioned dataset stores each image once: partition 0 holds every one.
+  whole = sources.whole_split(partitioned)
+  assert sorted(zip(whole.filenames, whole.person_ids.tolist(), whole.labels.tolist())) == [
+      ("0.png", 5, 0), ("1.png", 5, 0), ("2.png", 9, 2), ("3.png", 9, 2), ("4.png", 7, 1),
+      ("5.png", 7, 1)]
+  reid = sources.load([three, partitioned], whole=True)
+  assert len(reid.train) == 12 and reid.train.labels.max() == 2 + 3
+  assert len(reid.query) == 1  # evaluation: the first source's own query and gallery
+
+
+def test_a_source_numbering_each_split_apart_cannot_be_whole(tmp_path):
+  apart = type("Apart", (ThreeSplits,), {"PER_SPLIT_IDS": True}, skip_registration=True)(
+      data_dir=str(tmp_path))
+  apart.download_and_prepare()
+  with pytest.raises(sources.WholeSourceError, match=(
+      "^apart numbers the persons of each split apart: it cannot be trained on whole.$")):
+    sources.load([apart], whole=True)
+  assert len(sources.load([apart]).train) == 3
