@@ -94,7 +94,8 @@ def records(source):
 
 
 def train_identities(mat_path):
-  """The training identities of each trial: personIdx of `trainIdxAll` in the .mat."""
+  """The training identities of each trial: personIdx, the third field of each struct of
+  `trainIdxAll` in the .mat."""
   try:
     with mat_path.open("rb") as f:
       trials = scipy.io.loadmat(f).get("trainIdxAll")
@@ -104,10 +105,11 @@ def train_identities(mat_path):
     raise ValueError(f"{NAME}: {mat_path} holds no `trainIdxAll` of {NUM_PARTITIONS} trials.")
   out = []
   for k, trial in enumerate(trials.ravel()):
-    if "personIdx" not in (trial.dtype.names or ()):
-      raise ValueError(f"{NAME}: trial {k} of `trainIdxAll` in {mat_path} is not a struct "
-                       f"with the field personIdx (it has {trial.dtype.names}).")
-    out.append(np.asarray(trial["personIdx"].item()).ravel().astype(np.int64))
+    # The third field, personIdx, read by position as torchreid reads the real file.
+    if len(trial.dtype.names or ()) < 3:
+      raise ValueError(f"{NAME}: trial {k} of `trainIdxAll` in {mat_path} is not a struct of "
+                       f"probeImIdx, galleryImIdx and personIdx (it has {trial.dtype.names}).")
+    out.append(np.asarray(trial.item()[2]).ravel().astype(np.int64))
   return out
 
 

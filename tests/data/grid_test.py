@@ -241,14 +241,23 @@ def test_corrupt_jpeg_is_an_error_naming_the_file(tmp_path, small_release, data,
       in str(error.value)
 
 
+def _two_field_trials():
+  trials = np.empty((1, 10), object)
+  for k in range(10):
+    trials[0, k] = {"probeImIdx": np.arange(3.0), "galleryImIdx": np.arange(3.0)}
+  return {"trainIdxAll": trials}
+
+
 @pytest.mark.parametrize("mat, match", [
     (b"not a mat file", "cannot read .* as a MATLAB file"),
-    (None, "holds no `trainIdxAll` of 10 trials"),  # a MATLAB file without it
+    ({"ftrset": np.zeros((2, 3))}, "holds no `trainIdxAll` of 10 trials"),
+    (_two_field_trials(), r"trial 0 of `trainIdxAll` in .* is not a struct of probeImIdx, "
+                          r"galleryImIdx and personIdx \(it has \('probeImIdx', 'galleryImIdx'\)\)"),
 ])
 def test_unreadable_partitions_are_an_error_naming_the_file(tmp_path, small_release, mat, match):
-  if mat is None:
+  if isinstance(mat, dict):  # a MATLAB file without the trials torchreid reads
     buffer = io.BytesIO()
-    scipy.io.savemat(buffer, {"ftrset": np.zeros((2, 3))})
+    scipy.io.savemat(buffer, mat)
     mat = buffer.getvalue()
   manual_dir = _write(tmp_path / "manual", small_release, mat)
   with pytest.raises(ValueError, match=match) as error:
