@@ -21,7 +21,8 @@ or `cuhk03_new_protocol_config_detected.mat` (Zhong et al.), in the manual_dir o
 in `cuhk03_release/`. The images are PNG-encoded from the .mat's arrays and named
 as torchreid names them, `{pair}_{pid:03d}_{view}_{index:02d}.png` (all 1-based;
 images 1-5 of an identity are view 1, 6-10 view 2); person_id numbers the
-identities 1..1,467 in .mat order and camera_id = 2 * (pair - 1) + (view - 1).
+identities 1..1,467 in .mat order (the new protocol: its config's `labels`, as
+torchreid reads them) and camera_id = 2 * (pair - 1) + (view - 1).
 """
 import contextlib
 import dataclasses
@@ -192,7 +193,7 @@ def new_protocol_rows(path, images, mat_path):
   """{split: [(Image, label)]} of the new protocol, as torchreid's `_extract_new_split`.
 
   `train_idx`, `query_idx` and `gallery_idx` index (1-based) `filelist`, whose
-  names are looked up in cuhk-03.mat and whose `labels` must be their person ids;
+  names are looked up in cuhk-03.mat and whose `labels` are their person ids;
   train labels number the train person ids in sorted order.
   """
   config = load_new_protocol(path)
@@ -213,15 +214,15 @@ def new_protocol_rows(path, images, mat_path):
                       f"{EXAMPLE_NAME!r}")
     elif image is None:
       problems.append(f"filelist {i + 1}: {name!r} has no image in {mat_path}")
-    elif labels[i] != image.person_id:
-      problems.append(f"filelist {i + 1}: {name!r} has label {labels[i]}, but it is "
-                      f"person {image.person_id} of {mat_path}")
   if problems:
     raise ValueError(f"{path} does not match {mat_path}:{_listed(problems)}")
   train_ids = np.unique(labels[split_idx["train"]]).tolist()
   label = {pid: i for i, pid in enumerate(train_ids)}
-  return {split: [(images[filelist[i]], label[labels[i]] if split == "train" else -1)
-                  for i in idx] for split, idx in split_idx.items()}
+  # The person is the config's label, as torchreid reads it (it need not follow the
+  # running order of cuhk-03.mat).
+  image = lambda i: dataclasses.replace(images[filelist[i]], person_id=int(labels[i]))
+  return {split: [(image(i), label[labels[i]] if split == "train" else -1) for i in idx]
+          for split, idx in split_idx.items()}
 
 
 def warn_on_counts(config, split_rows):
