@@ -7,7 +7,8 @@ the network's loss (its defaults come from the loss's signature) and
 the metric, ranks and protocol of `config.eval`, is `evaluate_scores` for a
 network that scores pairs). `validate(config)` runs
 before anything is built or compiled, so a wrong value is a `ConfigError` naming
-the key rather than a failure deep inside a jitted step.
+the key rather than a failure deep inside a jitted step; `reid_jax.datasets` checks
+the values that depend on the built dataset.
 """
 import inspect
 import os
@@ -116,91 +117,46 @@ def _loss_defaults(model):
   return models.get_spec(model).loss_defaults()
 
 
-def check_dataset_info(config, dataset_infos):
-  """Raises ConfigError for values the built datasets (their tfds `info`s, the
-  evaluated one first) cannot serve, before any split is read: a `split` beyond the
-  evaluated dataset's partitions, or CUHK03's classic partitions evaluated by
-  another protocol than its single-shot `cuhk03`."""
-  count = data.partitions.num_partitions(dataset_infos[0])
-  if config.split >= count:
-    _fail("split", config.split, f"{config.dataset!r} has {count} partition"
-          f"{'s (0 to ' + str(count - 1) + ')' if count > 1 else ' (0)'}")
-  wanted = (dataset_infos[0].metadata or {}).get("protocol")
-  if wanted and config.eval.protocol != wanted:
-    _fail("eval.protocol", config.eval.protocol, f"{config.dataset!r} is evaluated by the "
-          f"{wanted!r} protocol (set --config.eval.protocol={wanted})")
-
-
-def check_against_dataset(config, train_split, dataset_info):
-  """Raises ConfigError for values the loaded training split cannot serve, right after
-  it loads and before anything compiles: more identities per batch than it has,
-  a random batch larger than it, or a batch key the network trains on that it
-  lacks (MPN's mask prior on a dataset without person masks). `dataset_info` is
-  the tfds builder's `info`."""
-  num_ids = len(set(train_split.labels.tolist()))
-  where = f"the train split of {config.dataset!r}"
-  if config.sampler == "pk" and config.p_identities > num_ids:
-    _fail("p_identities", config.p_identities, f"{where} has only {num_ids} identities")
-  size = data.train_size(train_split, config)
-  if config.sampler == "random" and config.batch_size > size:
-    _fail("batch_size", config.batch_size, f"{where} has only {size} images (with its copies)")
-  spec = models.get_spec(config.model)
-  module = models.get_model(config.model, 0, **config.model_kwargs)
-  available = {"image", "label"} | ({"mask"} if train_split.masks is not None else set())
-  missing = [k for k in spec.required_inputs(module) if k not in available]
-  if not missing:
-    return
-  kwargs = ", ".join(f"{k}={v!r}" for k, v in dict(config.model_kwargs).items())
-  why = (f"{config.model}({kwargs}) trains on batch keys {missing} and dataset "
-         f"{config.dataset!r} has none")
-  if "mask" in missing:
-    folder = dataset_info.metadata.get("mask_folder") or "the dataset's mask folder"
-    why += (f". Put one PNG person mask per image (the image's relative path, .png; any "
-            f"non-zero pixel = person) in {folder}, then delete the built dataset "
-            f"{dataset_info.data_dir} so that it is rebuilt with them; or set "
-            "--config.model_kwargs.prior=uniform, which needs no masks")
-  _fail("model_kwargs", dict(config.model_kwargs), why)
-
-
 def train_batch_size(config):
   """Images per global training batch: P * K, or `batch_size` for random batches."""
   return config.p_identities * config.k_instances if config.sampler == "pk" else config.batch_size
 
 
-def _fail(key, value, why):
+def fail(key, value, why):
+  """Raises ConfigError for `config.<key>=<value>`, saying `why` it cannot work."""
   raise ConfigError(f"config.{key}={value!r}: {why}")
 
 
 def _validate_network(config):
   if config.model not in models.names():
-    _fail("model", config.model, f"must be one of {models.names()}")
+    fail("model", config.model, f"must be one of {models.names()}")
   spec = models.get_spec(config.model)
   fields = [f for f in spec.module_fields() if f != "dtype"]
   for key in config.model_kwargs:
     if key not in fields:
-      _fail(f"model_kwargs.{key}", config.model_kwargs[key],
+      fail(f"model_kwargs.{key}", config.model_kwargs[key],
             f"{config.model} takes no {key!r}; it takes {fields}")
   try:
     models.get_model(config.model, 0, **config.model_kwargs)
   except (TypeError, ValueError) as e:
-    _fail("model_kwargs", dict(config.model_kwargs), str(e))
+    fail("model_kwargs", dict(config.model_kwargs), str(e))
   loss = dict(config.loss)
   accepted = spec.loss_defaults()
   for key in loss:
     if key not in accepted:
-      _fail(f"loss.{key}", loss[key], f"{config.model}'s loss takes no {key!r}; "
+      fail(f"loss.{key}", loss[key], f"{config.model}'s loss takes no {key!r}; "
             f"it accepts {sorted(accepted)}")
   if not 0 <= loss.get("label_smoothing", 0.0) < 1:
-    _fail("loss.label_smoothing", loss["label_smoothing"], "must be in [0, 1)")
+    fail("loss.label_smoothing", loss["label_smoothing"], "must be in [0, 1)")
   if loss.get("alignment", "class") not in mpn.ALIGNMENTS:
-    _fail("loss.alignment", loss["alignment"], f"must be one of {mpn.ALIGNMENTS}")
+    fail("loss.alignment", loss["alignment"], f"must be one of {mpn.ALIGNMENTS}")
   for key in ("triplet_margin", "lambda_global", "lambda_local", "alignment_weight"):
     if loss.get(key, 0.0) < 0:
-      _fail(f"loss.{key}", loss[key], "must be >= 0")
+      fail(f"loss.{key}", loss[key], "must be >= 0")
   if loss.get("triplet_metric", "euclidean") not in ("euclidean", "cosine"):
-    _fail("loss.triplet_metric", loss["triplet_metric"], "must be 'euclidean' or 'cosine'")
+    fail("loss.triplet_metric", loss["triplet_metric"], "must be 'euclidean' or 'cosine'")
   if not isinstance(loss.get("soft_margin", False), bool):
-    _fail("loss.soft_margin", loss["soft_margin"], "must be True or False")
+    fail("loss.soft_margin", loss["soft_margin"], "must be True or False")
   return spec
 
 
@@ -209,42 +165,42 @@ def _validate_eval(config):
   accepted = [k for k in accepted if k not in _EVAL_DATA_ARGS + ("return_details",)]
   for key in config.eval:
     if key not in accepted:
-      _fail(f"eval.{key}", config.eval[key],
+      fail(f"eval.{key}", config.eval[key],
             f"evaluate_features takes no {key!r}; it accepts {accepted}")
   choices = {"metric": METRICS, "protocol": metrics.PROTOCOLS,
              "query_pooling": (None, "mean", "max")}
   for key, allowed in choices.items():
     if config.eval.get(key) not in allowed:
-      _fail(f"eval.{key}", config.eval.get(key), f"must be one of {allowed}")
+      fail(f"eval.{key}", config.eval.get(key), f"must be one of {allowed}")
   if config.pairwise.mode not in pairwise.MODES:
-    _fail("pairwise.mode", config.pairwise.mode, f"must be one of {pairwise.MODES}")
+    fail("pairwise.mode", config.pairwise.mode, f"must be one of {pairwise.MODES}")
   if models.get_spec(config.model).evaluation != "pairwise":
     return
   for key, off in (("eval.query_pooling", None), ("eval.rerank", False), ("flip_test", False)):
     if _lookup(config, key) != off:
-      _fail(key, _lookup(config, key), f"{config.model} scores pairs of images: it has no "
+      fail(key, _lookup(config, key), f"{config.model} scores pairs of images: it has no "
             f"features to pool, re-rank or flip-average; leave it {off}")
 
 
 def _validate_weights(config, spec):
   if config.pretrained and config.init_from:
-    _fail("init_from", config.init_from,
+    fail("init_from", config.init_from,
           "set either it or config.pretrained: a checkpoint replaces the ImageNet weights")
   if config.pretrained:
     if spec.imagenet_layout is None:
       with_layout = [n for n in models.names() if models.get_spec(n).imagenet_layout]
-      _fail("pretrained", config.pretrained,
+      fail("pretrained", config.pretrained,
             f"model {config.model!r} has no ImageNet backbone; weights load into {with_layout}")
     if not os.path.isfile(config.pretrained):
-      _fail("pretrained", config.pretrained, "no such file")
+      fail("pretrained", config.pretrained, "no such file")
   if config.init_from and pretrained.is_torch_file(config.init_from):
     if not os.path.isfile(config.init_from):
-      _fail("init_from", config.init_from, "no such torchreid weights file")
+      fail("init_from", config.init_from, "no such torchreid weights file")
   elif config.init_from:
     try:
       checkpoints.find(config.init_from)
     except FileNotFoundError as e:
-      _fail("init_from", config.init_from, str(e))
+      fail("init_from", config.init_from, str(e))
 
 
 # Numeric and boolean keys: (key, type, test, what the value must be). int keys refuse
@@ -291,7 +247,7 @@ def _check_value(key, value, kind, test, what):
     valid = (isinstance(value, (int, float)) and not isinstance(value, bool)
              and test(float(value)))
   if not valid:
-    _fail(key, value, f"must be {what}")
+    fail(key, value, f"must be {what}")
 
 
 def _validate_numbers(config):
@@ -299,13 +255,13 @@ def _validate_numbers(config):
     _check_value(key, _lookup(config, key), kind, test, what)
   size = tuple(config.image_size)
   if len(size) != 2 or not all(isinstance(v, int) and v >= 16 for v in size):
-    _fail("image_size", config.image_size, "must be (height, width), integers of at least 16")
+    fail("image_size", config.image_size, "must be (height, width), integers of at least 16")
   for key, kind in (("lr_decay_epochs", float), ("lr_decay_steps", int)):
     values = list(config[key])
     for v in values:
       _check_value(key, v, kind, lambda x: x > 0, "positive numbers in increasing order")
     if values != sorted(values):
-      _fail(key, config[key], "must be increasing")
+      fail(key, config[key], "must be increasing")
 
 
 def _validate_classification(config, spec):
@@ -313,15 +269,15 @@ def _validate_classification(config, spec):
   what the classification papers train on), reads one dataset without offline
   copies, and scores the network's class logits, which a pair-scoring network lacks."""
   if config.sampler != "random":
-    _fail("sampler", config.sampler, "task='classification' trains on random batches of "
+    fail("sampler", config.sampler, "task='classification' trains on random batches of "
           "config.batch_size: set it to 'random'")
   if "+" in config.dataset:
-    _fail("dataset", config.dataset, "task='classification' trains on one tfds dataset")
+    fail("dataset", config.dataset, "task='classification' trains on one tfds dataset")
   if config.augment.offline_copies != 1:
-    _fail("augment.offline_copies", config.augment.offline_copies,
+    fail("augment.offline_copies", config.augment.offline_copies,
           "task='classification' has no offline translation: leave it 1")
   if spec.evaluation != "embedding":
-    _fail("model", config.model, f"{config.model} scores pairs of images; task='classification' "
+    fail("model", config.model, f"{config.model} scores pairs of images; task='classification' "
           "needs a network with class logits")
 
 
@@ -329,29 +285,29 @@ def validate(config):
   """Raises ConfigError naming the first key whose value cannot work."""
   spec = _validate_network(config)
   if not config.dataset:
-    _fail("dataset", config.dataset, "name a tfds dataset, e.g. market1501 or synthetic_reid/small")
+    fail("dataset", config.dataset, "name a tfds dataset, e.g. market1501 or synthetic_reid/small")
   try:
     data.sources.names(config.dataset)
   except ValueError as e:
-    _fail("dataset", config.dataset, str(e).split(": ", 1)[1])
+    fail("dataset", config.dataset, str(e).split(": ", 1)[1])
   if config.sampler not in SAMPLERS:
-    _fail("sampler", config.sampler, f"must be one of {SAMPLERS}")
+    fail("sampler", config.sampler, f"must be one of {SAMPLERS}")
   _validate_numbers(config)
   if config.task not in TASKS:
-    _fail("task", config.task, f"must be one of {TASKS}")
+    fail("task", config.task, f"must be one of {TASKS}")
   if config.task == "classification":
     _validate_classification(config, spec)
   if config.sampler == "pk" and config.p_identities < 2:
-    _fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
+    fail("p_identities", config.p_identities, "batch-hard mining needs at least 2 identities")
   choices = {"optimizer": OPTIMIZERS, "lr_schedule": LR_SCHEDULES, "dtype": DTYPES,
              "nonfinite": NONFINITE, "train_on": TRAIN_ON}
   for key, allowed in choices.items():
     if config[key] not in allowed:
-      _fail(key, config[key], f"must be one of {allowed}")
+      fail(key, config[key], f"must be one of {allowed}")
   if config.num_train_steps < 0 and config.num_epochs <= 0:
-    _fail("num_train_steps", config.num_train_steps, "set it or config.num_epochs to a positive value")
+    fail("num_train_steps", config.num_train_steps, "set it or config.num_epochs to a positive value")
   if config.lr_decay_epochs and config.lr_decay_steps:
-    _fail("lr_decay_steps", config.lr_decay_steps, "set it or config.lr_decay_epochs, not both")
+    fail("lr_decay_steps", config.lr_decay_steps, "set it or config.lr_decay_epochs, not both")
   _validate_eval(config)
   _validate_weights(config, spec)
   return config

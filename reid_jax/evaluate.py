@@ -27,8 +27,8 @@ import PIL.Image  # noqa: E402
 from absl import logging  # noqa: E402
 
 from reid_jax import (  # noqa: E402
-    checkpoints, classification, config_schema, data, inference, models, pretrained, reports,
-    sharding)
+    checkpoints, classification, config_schema, datasets, inference, models, pretrained,
+    reports, sharding)
 from reid_jax import metrics as retrieval  # noqa: E402
 
 REPORTED_RANKS = (1, 5, 10, 20)
@@ -188,21 +188,13 @@ def _read_checkpoint(config, workdir, mesh, num_classes=0):
   return variables, step, model
 
 
-def load_test_splits(config):
-  """The query and gallery of `config.dataset` (its first source; partition `config.split`)."""
-  first = data.sources.names(config.dataset)[0]
-  dataset_builders = [data.builder(first, config.data_dir, config.manual_dir)]
-  config_schema.check_dataset_info(config, [b.info for b in dataset_builders])
-  reid = data.sources.load(dataset_builders, config.split, splits=("query", "gallery"))
-  return reid.query, reid.gallery
-
-
 def _evaluate_and_report(config, model, variables, mesh, label, out, num_ranked_queries,
                          step=None):
   """`evaluate_model` on the config's query and gallery, logged, then `reports.write`
   to the folder `out` (and KPM's Fig. 6; the JSON holds `step` when one is given);
   OSError -> WorkdirError."""
-  query, gallery = load_test_splits(config)
+  reid = datasets.load(config, splits=("query", "gallery"))
+  query, gallery = reid.query, reid.gallery
   metrics = evaluate_model(model, variables, query, gallery, config, mesh, return_details=True)
   logging.info("%s on %s, %s | %s", config.model, config.dataset, label, format_metrics(metrics))
   pooled = bool(config.eval.query_pooling)

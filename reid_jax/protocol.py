@@ -24,24 +24,32 @@ if __name__ == "__main__":
   console.quiet_native_logs(sys.argv)  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from reid_jax import data, evaluate, reports, train  # noqa: E402
+from reid_jax import (checkpoints, config_schema, data, evaluate, interrupts, reports,  # noqa: E402
+                      train, workdir_lock)
 
 SUMMARY_KEYS = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 
+class SplitsError(ValueError):
+  """A --splits value that names no partitions of the dataset."""
+
+
 def parse_splits(splits: str, count: int) -> list[int]:
-  """'all' -> [0, ..., count - 1]; '0,3' -> [0, 3]; raises ValueError naming a bad one."""
+  """'all' -> [0, ..., count - 1]; '0,3' -> [0, 3]; raises SplitsError naming a bad one."""
   if splits.strip() == "all":
     return list(range(count))
   try:
     chosen = [int(s) for s in splits.split(",")]
   except ValueError:
-    raise ValueError(f"--splits={splits}: expected 'all' or partition numbers such as 0,3,5."
+    raise SplitsError(f"--splits={splits}: expected 'all' or partition numbers such as 0,3,5."
                      ) from None
   bad = [k for k in chosen if not 0 <= k < count]
   if bad or len(set(chosen)) != len(chosen):
-    raise ValueError(f"--splits={splits}: the dataset has partitions 0 to {count - 1}, each "
+    raise SplitsError(f"--splits={splits}: the dataset has partitions 0 to {count - 1}, each "
                      "named once.")
   return chosen
 
@@ -104,13 +112,8 @@ def format_summary(payload: dict) -> str:
 
 
 def _main():
-  """Defines the flags (only when run) and runs `run_protocol`."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from absl import app, flags  # pylint: disable=import-outside-toplevel
-  from ml_collections import config_flags  # pylint: disable=import-outside-toplevel
-
-  from reid_jax import checkpoints, config_schema, interrupts, workdir_lock  # pylint: disable=import-outside-toplevel
-
+  """Defines the flags (only when run: importing this module defines none) and runs
+  `run_protocol`."""
   config = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/jlml.py.")
   workdir = flags.DEFINE_string("workdir", None, "Partition k trains in <workdir>/split_<k>.")
   splits = flags.DEFINE_string("splits", "all", "'all', or partitions such as 0,3,5.")
@@ -128,11 +131,7 @@ def _main():
     except data.manual.DatasetNotFoundError as e:
       sys.exit(f"error: {e}\nWith reid_jax.protocol, --config.manual_dir=DIR names that folder.")
     except (config_schema.ConfigError, data.DataError, workdir_lock.WorkdirLockedError,
-            train.NonFiniteError) as e:
-      sys.exit(f"error: {e}")
-    except ValueError as e:
-      if not str(e).startswith("--splits"):
-        raise
+            train.NonFiniteError, SplitsError) as e:
       sys.exit(f"error: {e}")
     except interrupts.Interrupted as e:
       sys.stderr.write(f"{e}\n")

@@ -22,8 +22,9 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from flax.training import train_state
 
-from reid_jax import (checkpoints, classification, config_schema, console, data, evaluate,
-                      interrupts, models, optimizers, pretrained, sharding, workdir_lock)
+from reid_jax import (checkpoints, classification, config_schema, console, data, datasets,
+                      evaluate, interrupts, models, optimizers, pretrained, sharding,
+                      workdir_lock)
 
 
 class TrainState(train_state.TrainState):
@@ -169,19 +170,6 @@ def train_and_evaluate(config, workdir):
     return _train(config, workdir)
 
 
-def load_reid_data(config):
-  """The train, query and gallery `Split`s of `config.dataset` (partition
-  `config.split`), checked against the config before anything compiles."""
-  dataset_builders = data.sources.builders(config.dataset, config.data_dir, config.manual_dir)
-  config_schema.check_dataset_info(config, [b.info for b in dataset_builders])
-  try:
-    reid = data.sources.load(dataset_builders, config.split, whole=config.train_on == "all")
-  except data.sources.WholeSourceError as e:
-    raise config_schema.ConfigError(f"config.train_on='all': {e}") from None
-  config_schema.check_against_dataset(config, reid.train, reid.info)
-  return reid.train, reid.query, reid.gallery
-
-
 def _train(config, workdir):
   mesh = sharding.create_mesh()
   batch_size = config_schema.train_batch_size(config)
@@ -189,7 +177,8 @@ def _train(config, workdir):
     train_split, test_split = classification.load(config)
     num_classes = train_split.num_classes
   else:
-    train_split, query, gallery = load_reid_data(config)
+    reid = datasets.load(config)
+    train_split, query, gallery = reid.train, reid.query, reid.gallery
     num_classes = int(train_split.labels.max()) + 1
   # An epoch passes over every (offline-translated) copy of every training image.
   steps_per_epoch = max(1, data.train_size(train_split, config) // batch_size)

@@ -266,14 +266,8 @@ class Cuhk03(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     classic = self.builder_config.classic
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=type(self).__doc__,
-        homepage=URL,
-        features=features.reid_features(
-            "png", with_mask=True, num_partitions=NUM_PARTITIONS if classic else None),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, "png", type(self).__doc__, URL,
+                              NUM_PARTITIONS if classic else None)
 
   def _split_generators(self, dl_manager):
     config = self.builder_config

@@ -25,3 +25,13 @@ def reid_features(encoding_format, with_mask=False, num_partitions=None):
   if num_partitions is not None:
     features["roles"] = partitions.roles_feature(num_partitions)
   return tfds.features.FeaturesDict(features)
+
+
+def reid_info(builder, encoding_format, description, homepage=None, num_partitions=None):
+  """The `DatasetInfo` every re-ID builder returns from `_info`: `reid_features` with
+  masks (and `roles` for `num_partitions`), and metadata the builder fills in
+  `_split_generators`."""
+  return tfds.core.DatasetInfo(
+      builder=builder, description=description, homepage=homepage,
+      features=reid_features(encoding_format, with_mask=True, num_partitions=num_partitions),
+      metadata=tfds.core.MetadataDict())

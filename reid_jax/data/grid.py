@@ -134,13 +134,7 @@ class Grid(tfds.core.GeneratorBasedBuilder):
       "`tfds.download.DownloadConfig(manual_dir=...)` / `tfds build --manual_dir`.")
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=type(self).__doc__,
-        homepage=URL,
-        features=features.reid_features("jpeg", with_mask=True, num_partitions=NUM_PARTITIONS),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, "jpeg", type(self).__doc__, URL, NUM_PARTITIONS)
 
   def _split_generators(self, dl_manager):
     manual_dir = manual.directory(

@@ -156,13 +156,7 @@ class MarketStyleBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   LAYOUT: Layout
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=type(self).__doc__,
-        homepage=self.LAYOUT.url,
-        features=features.reid_features("jpeg", with_mask=True),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, "jpeg", type(self).__doc__, self.LAYOUT.url)
 
   def _split_generators(self, dl_manager):
     manual_dir = manual.directory(

@@ -221,13 +221,7 @@ class Msmt17(tfds.core.GeneratorBasedBuilder):
       "`tfds build --manual_dir`.")
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        homepage=URL,
-        features=features.reid_features("jpeg", with_mask=True),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, "jpeg", __doc__, URL)
 
   def _split_generators(self, dl_manager):
     config = self.builder_config

@@ -77,6 +77,12 @@ def load_split(dataset_builder, split, partition=0):
   masks store a 1x1 black placeholder, left out here: `masks` is None); datasets
   built before that key existed have masks iff their features have `mask`.
   """
+  return load_splits(dataset_builder, (split,), partition)[split]
+
+
+def load_splits(dataset_builder, splits, partition=0):
+  """{split: `load_split(dataset_builder, split, partition)`} for each of `splits`; the
+  one stored split of a multi-partition dataset is read once for all of them."""
   info = dataset_builder.info
   name = dataset_name(dataset_builder)
   count = partitions.num_partitions(info)
@@ -84,9 +90,22 @@ def load_split(dataset_builder, split, partition=0):
     raise ValueError(f"{name} has {count} partition{'s' if count > 1 else ''} (0"
                      f"{f' to {count - 1}' if count > 1 else ''}); there is no partition "
                      f"{partition!r}.")
+  if "roles" in info.features:
+    stored, roles = _read(dataset_builder, partitions.SPLIT, name)
+    out = {split: _partition_split(stored, roles, split, partition) for split in splits}
+  else:
+    out = {split: _read(dataset_builder, split, name)[0] for split in splits}
+  for split, loaded in out.items():
+    if not len(loaded):
+      raise ValueError(f"Split {split!r} of {loaded.dataset} is empty.")
+  return out
+
+
+def _read(dataset_builder, stored, name):
+  """(the tfds split `stored` as a `Split`, its roles [N, partitions] or None)."""
+  info = dataset_builder.info
   has_masks = (info.metadata or {}).get("has_masks", "mask" in info.features)
   skip = {k: tfds.decode.SkipDecoding() for k in ("image", "mask") if k in info.features}
-  stored = partitions.SPLIT if "roles" in info.features else split
   ds = dataset_builder.as_dataset(split=stored, decoders=skip, shuffle_files=False)
   columns = {k: [] for k in ("image", "person_id", "camera_id", "label", "filename")}
   if has_masks:
@@ -97,22 +116,26 @@ def load_split(dataset_builder, split, partition=0):
     for k in columns:
       columns[k].append(ex[k])
   as_object = lambda xs: np.array(xs, dtype=object)
-  out = Split(
+  split = Split(
       images=as_object(columns["image"]),
       masks=as_object(columns["mask"]) if has_masks else None,
       person_ids=np.array(columns["person_id"], np.int64),
       camera_ids=np.array(columns["camera_id"], np.int64),
       labels=np.array(columns["label"], np.int64),
       filenames=np.array([f.decode() for f in columns["filename"]]),
-      name=split, dataset=name)
-  if "roles" in info.features and len(out):
-    out = out.take(partitions.rows(np.stack(columns["roles"]), split, partition))
-    labels = partitions.train_labels(out.person_ids) if split == "train" else -np.ones(len(out))
-    out = dataclasses.replace(out, labels=labels.astype(np.int64),
-                              dataset=f"{name} partition {partition}")
-  if not len(out):
-    raise ValueError(f"Split {split!r} of {out.dataset or info.full_name} is empty.")
-  return out
+      name=stored, dataset=name)
+  if "roles" not in columns:
+    return split, None
+  return split, np.array(columns["roles"], np.uint8).reshape(len(split), -1)
+
+
+def _partition_split(stored, roles, split, partition):
+  """The images of `split` in `partition` of a multi-partition dataset's `stored`
+  images, train identities numbered 0..n-1."""
+  out = stored.take(partitions.rows(roles, split, partition))
+  labels = partitions.train_labels(out.person_ids) if split == "train" else -np.ones(len(out))
+  return dataclasses.replace(out, labels=labels.astype(np.int64), name=split,
+                             dataset=f"{stored.dataset} partition {partition}")
 
 
 def dataset_name(dataset_builder):

@@ -233,13 +233,7 @@ class ReidFolder(tfds.core.GeneratorBasedBuilder):
       f"to the root, or absolute). {_CACHE_NOTE}")
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        # JPEG or PNG, each image as its file has it.
-        features=features.reid_features(None, with_mask=True),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, None, __doc__)  # JPEG or PNG, each as its file has it
 
   def _split_generators(self, dl_manager):
     root = manual.directory(

@@ -37,7 +37,8 @@ class ReidData:
 
 
 def names(dataset: str) -> list[str]:
-  """The tfds names of `dataset`: 'market1501+cuhk03/labeled' -> ['market1501', 'cuhk03/labeled']."""
+  """The tfds names of `dataset`: 'market1501+cuhk03/labeled' -> ['market1501',
+  'cuhk03/labeled']."""
   parts = [p.strip() for p in dataset.split("+")]
   if not all(parts):
     raise ValueError(f"dataset {dataset!r}: expected tfds names joined by '+', e.g. "
@@ -65,10 +66,15 @@ def load(dataset_builders: Sequence, partition: int = 0,
   """Reads `splits` of the sources (query and gallery from the first only); with
   `whole`, the training split of each source is all of it (module docstring)."""
   first = dataset_builders[0]
-  read = lambda b, split: pipeline.load_split(b, split, _partition(b, partition))
-  out = {split: read(first, split) for split in ("query", "gallery") if split in splits}
+  read = lambda b, names: pipeline.load_splits(b, names, _partition(b, partition))
+  # The first source's splits in one read (a multi-partition dataset stores them together).
+  from_first = [s for s in ("train", "query", "gallery")
+                if s in splits and not (s == "train" and whole)]
+  out = read(first, from_first) if from_first else {}
   if "train" in splits:
-    trains = [whole_split(b) if whole else read(b, "train") for b in dataset_builders]
+    train_of = lambda b: whole_split(b) if whole else read(b, ["train"])["train"]
+    trains = ([out["train"] if "train" in out else train_of(first)]
+              + [train_of(b) for b in dataset_builders[1:]])
     out["train"] = trains[0] if len(trains) == 1 else combine(trains)
   return ReidData(train=out.get("train"), query=out.get("query"), gallery=out.get("gallery"),
                   info=first.info)
@@ -103,7 +109,7 @@ def whole_split(dataset_builder) -> pipeline.Split:
     raise WholeSourceError(f"{name} numbers the persons of each split apart: it cannot be "
                            "trained on whole.")
   splits = ("train", "query", "gallery")
-  parts = [pipeline.load_split(dataset_builder, split) for split in splits]
+  parts = list(pipeline.load_splits(dataset_builder, splits).values())
   split = _concatenate(parts, np.concatenate([p.labels for p in parts]),
                        np.concatenate([p.filenames for p in parts]), name)
   # An image is in several splits only in a partition (CUHK03 classic: query = gallery);

@@ -170,12 +170,7 @@ class SyntheticReid(tfds.core.GeneratorBasedBuilder):
   ]
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__,
-        features=features.reid_features("png", with_mask=True),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, "png", __doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # generated, nothing to download

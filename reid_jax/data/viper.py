@@ -162,13 +162,7 @@ class Viper(tfds.core.GeneratorBasedBuilder):
       "`tfds.download.DownloadConfig(manual_dir=...)` / `tfds build --manual_dir`.")
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=type(self).__doc__,
-        homepage=URL,
-        features=features.reid_features("png", with_mask=True, num_partitions=NUM_PARTITIONS),
-        metadata=tfds.core.MetadataDict(),
-    )
+    return features.reid_info(self, "png", type(self).__doc__, URL, NUM_PARTITIONS)
 
   def _split_generators(self, dl_manager):
     manual_dir = manual.directory(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from reid_jax import config_schema
+from reid_jax import config_schema, datasets
 from reid_jax.data import features, partitions, pipeline, sources
 
 T, Q, G = partitions.TRAIN, partitions.QUERY, partitions.GALLERY
@@ -76,9 +76,9 @@ def test_a_partition_the_dataset_lacks_is_an_error(partitioned, tmp_path):
   config.dataset, config.split = "partitioned", 2
   with pytest.raises(config_schema.ConfigError,
                      match=r"^config.split=2: 'partitioned' has 2 partitions \(0 to 1\)$"):
-    config_schema.check_dataset_info(config, [partitioned.info])
+    datasets.check_dataset_info(config, [partitioned.info])
   config.split = 1
-  config_schema.check_dataset_info(config, [partitioned.info])
+  datasets.check_dataset_info(config, [partitioned.info])
 
 
 def test_a_dataset_with_its_own_protocol_requires_it(tmp_path):
@@ -90,9 +90,9 @@ def test_a_dataset_with_its_own_protocol_requires_it(tmp_path):
   with pytest.raises(config_schema.ConfigError, match=(
       r"^config.eval.protocol='market': 'classic' is evaluated by the 'cuhk03' protocol \(set "
       r"--config.eval.protocol=cuhk03\)$")):
-    config_schema.check_dataset_info(config, [builder.info])
+    datasets.check_dataset_info(config, [builder.info])
   config.eval.protocol = "cuhk03"
-  config_schema.check_dataset_info(config, [builder.info])
+  datasets.check_dataset_info(config, [builder.info])
 
 
 def _split(name, pids, labels, with_masks):
